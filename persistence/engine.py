@@ -1,0 +1,96 @@
+"""Engines from one URL: SQLite (the embedded default) or Postgres (psycopg 3).
+
+SQLite is hardened on every new connection: WAL so readers never block the one
+writer, a busy timeout so concurrent worker processes queue instead of failing,
+foreign keys on, and writers start with ``BEGIN IMMEDIATE`` so two processes can
+never both read a version and then deadlock upgrading to a write lock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from persistence.errors import ConfigurationError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connection execution option: begin the transaction as a reader (plain BEGIN).
+READ_ONLY = "pausepoint_read_only"
+
+
+def normalize_url(url: str) -> str:
+    """Map the URL forms people type to the drivers we ship with.
+
+    ``postgres://`` and ``postgresql://`` mean psycopg 3 here, not psycopg2.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Build the engine for ``url`` with the settings this project relies on."""
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"malformed store URL {url!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, **kwargs)
+    if backend == "postgresql":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "the Postgres store needs psycopg 3: pip install 'pausepoint[postgres]'"
+            ) from None
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 5)
+        return create_engine(url, **kwargs)
+    raise ConfigurationError(
+        f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
+    )
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    parsed = make_url(url)
+    if parsed.database in (None, "", ":memory:"):
+        raise ConfigurationError(
+            "an in-memory SQLite store cannot be shared between processes; give a file path"
+        )
+    kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    # A file connection is cheap to open, and NullPool keeps forked workers from
+    # inheriting a parent's open handle.
+    kwargs.setdefault("poolclass", NullPool)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take BEGIN away from the driver so the "begin" hook below decides its kind.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"

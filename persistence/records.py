@@ -1,0 +1,230 @@
+"""Plain, immutable records the store hands out, and the specs it takes in.
+
+Nothing here talks to the database: these are the values that cross the
+boundary between ``persistence`` and the layers above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+# Run statuses. ACTIVE and PAUSED belong to the seed API's script sessions.
+QUEUED = "queued"
+RUNNING = "running"
+WAITING = "waiting"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+ACTIVE = "active"
+PAUSED = "paused"
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+RUN_STATUSES = (QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, ACTIVE, PAUSED)
+
+# Wait kinds and statuses.
+APPROVAL = "approval"
+CALLBACK = "callback"
+RESOURCE = "resource"
+TIMER = "timer"
+WAIT_KINDS = (APPROVAL, CALLBACK, RESOURCE, TIMER)
+PENDING = "pending"
+FULFILLED = "fulfilled"
+EXPIRED = "expired"
+
+# The workflow name of the seed API's script sessions.
+SESSION_WORKFLOW = "__session__"
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    name: str
+    persona: str
+    instruction: str
+    strategy: str
+    model: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> AgentRecord:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    agent_name: str
+    workflow: str
+    task: str
+    input: dict[str, Any]
+    status: str
+    step: str | None
+    seq: int
+    version: int
+    attempt: int
+    history_len: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    due_at: datetime | None
+    published_at: datetime | None
+    result: Any
+    error: str | None
+    idempotency_key: str | None
+    parent_run_id: str | None
+    parent_seq: int | None
+    event_count: int
+    event_hash: str
+    legal_hold: bool
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> RunRecord:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    run_id: str
+    seq: int
+    step: str | None
+    state: dict[str, Any]
+    history_len: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Checkpoint:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Message:
+    idx: int
+    role: str
+    content: str
+    seq: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Message:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+    def as_chat(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class Event:
+    run_id: str
+    n: int
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    created_at: datetime
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Event:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    id: int
+    run_id: str
+    seq: int
+    kind: str
+    status: str
+    resume_step: str
+    approver_group: str | None
+    prompt: str
+    deadline: datetime | None
+    on_timeout: str
+    default_outcome: Any
+    outcome: Any
+    decided_by: str | None
+    created_at: datetime
+    decided_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> WaitRecord:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WaitSpec:
+    """What a step asks for when it parks the run."""
+
+    kind: str
+    resume_step: str
+    prompt: str = ""
+    approver_group: str | None = None
+    deadline: datetime | None = None
+    # What happens at the deadline: "fail" the run, or resume with default_outcome.
+    on_timeout: str = "fail"
+    default_outcome: Any = None
+    token_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step's result, committed atomically by :meth:`Store.commit_step`."""
+
+    status: str
+    state: dict[str, Any]
+    step: str | None = None
+    messages: tuple[NewMessage, ...] = ()
+    events: tuple[NewEvent, ...] = ()
+    wait: WaitSpec | None = None
+    result: Any = None
+    error: str | None = None
+    # Seconds before the next attempt may start (a retry); 0 = publish now.
+    delay: float = 0.0
+    # True when this transition retries the same step (attempt counter goes up).
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run claimed by one worker for one step: the run as claimed and its latest state."""
+
+    run: RunRecord
+    checkpoint: Checkpoint
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across every attempt of this step: pass it to side effects."""
+        return f"{self.run.id}:{self.checkpoint.seq + 1}"
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    republished: list[tuple[str, int]] = field(default_factory=list)
+    lease_expired: list[str] = field(default_factory=list)
+    deadlines: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def to_publish(self) -> list[tuple[str, int]]:
+        return self.republished

@@ -1,0 +1,792 @@
+"""The Store: every state transition of a run, each ONE transaction.
+
+Every transition goes through :meth:`Store._apply`, which compare-and-swaps
+the run's ``version`` (and, where it matters, its status and lease owner),
+then appends the transition's messages, checkpoint, audit events and wait in
+the same transaction. A stale or duplicate call matches no row, changes
+nothing and raises :class:`StaleVersion` (or the caller reports "nothing to
+do"). Reads go through :mod:`persistence.queries`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from persistence import queries
+from persistence.audit import event_hash
+from persistence.engine import READ_ONLY, make_engine
+from persistence.errors import Conflict, InvalidInput, NotWaiting, StaleVersion
+from persistence.records import (
+    ACTIVE,
+    APPROVAL,
+    COMPLETED,
+    EXPIRED,
+    FAILED,
+    FULFILLED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SESSION_WORKFLOW,
+    TIMER,
+    WAITING,
+    AgentRecord,
+    Checkpoint,
+    Claim,
+    Event,
+    Message,
+    NewEvent,
+    NewMessage,
+    RunRecord,
+    SweepReport,
+    Transition,
+    WaitRecord,
+    WaitSpec,
+)
+from persistence.tables import agents, checkpoints, runs, waits
+from persistence.tables import events as events_table
+from persistence.tables import messages as messages_table
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def ensure_json(value: Any, what: str) -> Any:
+    """Reject what the store could not round-trip, before anything is written."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from None
+    return value
+
+
+class Store:
+    """The run store on one SQLAlchemy engine (SQLite or Postgres)."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow, lease_seconds: float = 300.0):
+        self.engine = engine
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool = True, **kwargs: Any) -> Store:
+        """Open the store at ``url``, creating or upgrading its schema unless told not to."""
+        store = cls(make_engine(url), **kwargs)
+        if migrate:
+            store.ensure_schema()
+        return store
+
+    def ensure_schema(self) -> None:
+        from persistence.migrate import upgrade
+
+        upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ---------------------------------------------------------------- agents
+
+    def save_agent(
+        self,
+        name: str,
+        *,
+        persona: str | None = None,
+        instruction: str | None = None,
+        strategy: str | None = None,
+        model: dict[str, Any] | None = None,
+    ) -> AgentRecord:
+        """Create the agent, or update the fields given; returns it as stored."""
+        if not name or len(name) > 200 or name.strip() != name:
+            raise InvalidInput(f"bad agent name {name!r}: 1-200 characters, no outer spaces")
+        if model is not None:
+            ensure_json(model, "model settings")
+        now = self.clock()
+        given = {
+            k: v
+            for k, v in {
+                "persona": persona,
+                "instruction": instruction,
+                "strategy": strategy,
+                "model": model,
+            }.items()
+            if v is not None
+        }
+        with self.write() as conn:
+            exists = conn.execute(select(agents.c.name).where(agents.c.name == name)).first()
+            if exists is None:
+                conn.execute(
+                    insert(agents).values(
+                        name=name,
+                        persona=given.get("persona", ""),
+                        instruction=given.get("instruction", ""),
+                        strategy=given.get("strategy", ""),
+                        model=given.get("model", {}),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            elif given:
+                conn.execute(
+                    update(agents).where(agents.c.name == name).values(**given, updated_at=now)
+                )
+            return queries.get_agent(conn, name)
+
+    def get_agent(self, name: str) -> AgentRecord:
+        with self.read() as conn:
+            return queries.get_agent(conn, name)
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self.read() as conn:
+            return queries.list_agents(conn)
+
+    # ------------------------------------------------------------ run start
+
+    def create_run(
+        self,
+        *,
+        agent_name: str,
+        workflow: str,
+        first_step: str | None,
+        actor: str,
+        task: str = "",
+        input: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        status: str = QUEUED,
+        state: dict[str, Any] | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Insert a run, its checkpoint 0 and its ``created`` event in one transaction.
+
+        Returns ``(run, created)``: with an ``idempotency_key`` already used, the
+        existing run and ``False``, and nothing is written.
+        """
+        input = ensure_json(dict(input or {}), "run input")
+        state = ensure_json(dict(state or {}), "run state")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise InvalidInput("an idempotency key must be 1-200 characters")
+        try:
+            with self.write() as conn:
+                if idempotency_key is not None:
+                    existing = queries.run_by_idempotency_key(conn, idempotency_key)
+                    if existing is not None:
+                        return existing, False
+                queries.get_agent(conn, agent_name)
+                now = self.clock()
+                run_id = new_run_id()
+                created = NewEvent(
+                    "created",
+                    {"workflow": workflow, "agent": agent_name, "step": first_step, "task": task},
+                )
+                event_rows, count, head = _chain(run_id, "", 0, [created], actor, now)
+                queued = status == QUEUED
+                values: dict[str, Any] = {
+                    "id": run_id,
+                    "agent_name": agent_name,
+                    "workflow": workflow,
+                    "task": task,
+                    "input": input,
+                    "status": status,
+                    "step": first_step,
+                    "seq": 0,
+                    "version": 1,
+                    "attempt": 0,
+                    "history_len": 0,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "due_at": now if queued else None,
+                    "published_at": now if queued else None,
+                    "result": None,
+                    "error": None,
+                    "idempotency_key": idempotency_key,
+                    "parent_run_id": None,
+                    "parent_seq": None,
+                    "event_count": count,
+                    "event_hash": head,
+                    "legal_hold": False,
+                    "created_at": now,
+                    "updated_at": now,
+                    "finished_at": None,
+                }
+                conn.execute(insert(runs).values(**values))
+                conn.execute(
+                    insert(checkpoints).values(
+                        run_id=run_id,
+                        seq=0,
+                        step=first_step,
+                        state=state,
+                        history_len=0,
+                        created_at=now,
+                    )
+                )
+                conn.execute(insert(events_table), event_rows)
+                return RunRecord(**values), True
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # Lost a race with a producer using the same key: theirs is the run.
+            with self.read() as conn:
+                existing = queries.run_by_idempotency_key(conn, idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+
+    # -------------------------------------------------------------- a step
+
+    def claim(self, run_id: str, version: int, owner: str) -> Claim | None:
+        """Take the lease on a queued run for one step; ``None`` if the message is stale.
+
+        Stale means: the run is gone, its version moved on, it is not queued, or
+        its next attempt is not due yet. Nothing is changed in that case.
+        """
+        with self.write() as conn:
+            run = queries.find_run(conn, run_id)
+            now = self.clock()
+            if run is None or run.version != version or run.status != QUEUED:
+                return None
+            if run.due_at is not None and run.due_at > now:
+                return None
+            checkpoint = queries.latest_checkpoint(conn, run)
+            started = NewEvent(
+                "step_started",
+                {
+                    "step": run.step,
+                    "attempt": run.attempt,
+                    "key": f"{run.id}:{run.seq + 1}",
+                },
+            )
+            try:
+                claimed = self._apply(
+                    conn,
+                    run,
+                    now=now,
+                    actor=owner,
+                    expect_status=(QUEUED,),
+                    changes={
+                        "status": RUNNING,
+                        "lease_owner": owner,
+                        "lease_expires_at": now + timedelta(seconds=self.lease_seconds),
+                    },
+                    events=[started],
+                )
+            except StaleVersion:
+                return None
+            return Claim(run=claimed, checkpoint=checkpoint)
+
+    def renew_lease(self, claim: Claim, owner: str) -> None:
+        """Push a long step's lease forward, so the sweeper does not take its run away."""
+        now = self.clock()
+        with self.write() as conn:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == claim.run.id,
+                    runs.c.version == claim.run.version,
+                    runs.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
+            )
+            if result.rowcount != 1:
+                raise StaleVersion(claim.run.id, claim.run.version)
+
+    def commit_step(self, claim: Claim, owner: str, transition: Transition) -> RunRecord:
+        """Commit one step's result atomically; raise StaleVersion if the lease was lost."""
+        t = transition
+        now = self.clock()
+        run = claim.run
+        changes: dict[str, Any] = {
+            "status": t.status,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "due_at": None,
+            "published_at": None,
+            "attempt": run.attempt + 1 if t.retry else 0,
+        }
+        if t.status == QUEUED:
+            changes["step"] = t.step
+            changes["due_at"] = now + timedelta(seconds=t.delay)
+            changes["published_at"] = now if t.delay <= 0 else None
+        elif t.status == WAITING:
+            if t.wait is None:
+                raise InvalidInput("a waiting transition needs a wait")
+            changes["step"] = t.wait.resume_step
+        elif t.status in (COMPLETED, FAILED):
+            changes["result"] = ensure_json(t.result, "a run's result")
+            changes["error"] = t.error
+            changes["finished_at"] = now
+        else:
+            raise InvalidInput(f"a step cannot move a run to {t.status!r}")
+        # A retry keeps the state of the checkpoint it retries: no new checkpoint.
+        state = None if t.retry else ensure_json(t.state, "step state")
+        with self.write() as conn:
+            return self._apply(
+                conn,
+                run,
+                now=now,
+                actor=owner,
+                expect_status=(RUNNING,),
+                expect_owner=owner,
+                changes=changes,
+                messages=t.messages,
+                state=state,
+                checkpoint_step=changes.get("step", run.step),
+                events=t.events,
+                wait=t.wait,
+            )
+
+    # ------------------------------------------------------------- resumes
+
+    def decide(
+        self,
+        run_id: str,
+        *,
+        approved: bool,
+        actor: str,
+        comment: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Decide a run's pending approval and queue its resume, in one transaction.
+
+        Raises RunNotFound, NotWaiting (not parked on an approval) or Conflict
+        (someone decided first). Nothing is changed when it raises.
+        """
+        data = ensure_json(dict(data or {}), "approval data")
+        with self.write() as conn:
+            run = queries.get_run(conn, run_id, for_update=True)
+            if run.status != WAITING:
+                raise NotWaiting(run.id, run.status)
+            wait = queries.pending_wait(conn, run)
+            if wait is None or wait.kind != APPROVAL:
+                kind = wait.kind if wait is not None else "nothing"
+                raise NotWaiting(run.id, run.status, f"it waits for {kind}")
+            now = self.clock()
+            decision = "approved" if approved else "rejected"
+            outcome = {
+                "approved": approved,
+                "decision": decision,
+                "comment": comment,
+                "by": actor,
+                "data": data,
+            }
+            self._close_wait(conn, wait, FULFILLED, outcome, actor, now)
+            return self._apply(
+                conn,
+                run,
+                now=now,
+                actor=actor,
+                expect_status=(WAITING,),
+                changes=_resume_changes(wait, now),
+                events=[
+                    NewEvent(
+                        "decided",
+                        {"wait": wait.id, "decision": decision, "comment": comment, "by": actor},
+                    ),
+                    NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id}),
+                ],
+            )
+
+    # -------------------------------------------------------------- sweeper
+
+    def sweep(
+        self,
+        *,
+        redeliver_after: float,
+        max_attempts: int = 5,
+        limit: int = 500,
+        actor: str = "sweeper",
+    ) -> SweepReport:
+        """Find what needs a message or a decision, and fix each in its own transaction.
+
+        - queued runs that are due and were not published within ``redeliver_after``
+          seconds (a lost message, a crash between commit and publish, a retry whose
+          delay has passed): bump the version and report them for publishing;
+        - running runs whose lease expired (their worker died): queue them again, or
+          fail them after ``max_attempts``;
+        - pending waits whose deadline passed: timers fire, other waits fail the run
+          or resume it with their default outcome.
+        """
+        report = SweepReport()
+        now = self.clock()
+        lost_before = now - timedelta(seconds=redeliver_after)
+        with self.read() as conn:
+            due = conn.execute(
+                select(runs.c.id)
+                .where(
+                    runs.c.status == QUEUED,
+                    runs.c.due_at <= now,
+                    or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
+                )
+                .order_by(runs.c.due_at)
+                .limit(limit)
+            ).scalars().all()
+            expired = conn.execute(
+                select(runs.c.id)
+                .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
+                .limit(limit)
+            ).scalars().all()
+            deadlines = conn.execute(
+                select(waits.c.id)
+                .where(waits.c.status == PENDING, waits.c.deadline <= now)
+                .order_by(waits.c.deadline)
+                .limit(limit)
+            ).scalars().all()
+        for run_id in due:
+            self._sweep_due(run_id, lost_before, actor, report)
+        for run_id in expired:
+            self._sweep_lease(run_id, max_attempts, actor, report)
+        for wait_id in deadlines:
+            self._sweep_deadline(wait_id, actor, report)
+        return report
+
+    def _sweep_due(self, run_id: str, lost_before: datetime, actor: str, report: SweepReport) -> None:
+        with self.write() as conn:
+            run = queries.find_run(conn, run_id)
+            now = self.clock()
+            if run is None or run.status != QUEUED or run.due_at is None or run.due_at > now:
+                return
+            lost = run.published_at is not None
+            if lost and run.published_at is not None and run.published_at > lost_before:
+                return
+            evts = [NewEvent("requeued", {"reason": "message lost", "step": run.step})] if lost else []
+            new = self._apply(
+                conn, run, now=now, actor=actor, expect_status=(QUEUED,),
+                changes={"published_at": now}, events=evts,
+            )
+        report.republished.append((new.id, new.version))
+
+    def _sweep_lease(self, run_id: str, max_attempts: int, actor: str, report: SweepReport) -> None:
+        with self.write() as conn:
+            run = queries.find_run(conn, run_id)
+            now = self.clock()
+            if (
+                run is None
+                or run.status != RUNNING
+                or run.lease_expires_at is None
+                or run.lease_expires_at > now
+            ):
+                return
+            info = {"owner": run.lease_owner, "step": run.step, "attempt": run.attempt + 1}
+            common = {"lease_owner": None, "lease_expires_at": None}
+            if run.attempt + 1 >= max_attempts:
+                error = f"step {run.step!r} lost its worker {run.attempt + 1} times"
+                self._apply(
+                    conn, run, now=now, actor=actor, expect_status=(RUNNING,),
+                    changes={**common, "status": FAILED, "error": error, "finished_at": now},
+                    events=[NewEvent("lease_expired", info), NewEvent("failed", {"error": error})],
+                )
+                report.failed.append(run.id)
+                return
+            new = self._apply(
+                conn, run, now=now, actor=actor, expect_status=(RUNNING,),
+                changes={
+                    **common, "status": QUEUED, "attempt": run.attempt + 1,
+                    "due_at": now, "published_at": now,
+                },
+                events=[NewEvent("lease_expired", info)],
+            )
+        report.lease_expired.append(new.id)
+        report.republished.append((new.id, new.version))
+
+    def _sweep_deadline(self, wait_id: int, actor: str, report: SweepReport) -> None:
+        with self.write() as conn:
+            row = conn.execute(select(waits).where(waits.c.id == wait_id)).mappings().first()
+            now = self.clock()
+            if row is None:
+                return
+            wait = WaitRecord.from_row(row)
+            if wait.status != PENDING or wait.deadline is None or wait.deadline > now:
+                return
+            run = queries.get_run(conn, wait.run_id, for_update=True)
+            if run.status != WAITING or run.seq != wait.seq:
+                # The run moved on without this wait (cancelled, rolled back): close it.
+                self._close_wait(conn, wait, EXPIRED, None, actor, now)
+                return
+            if wait.kind == TIMER:
+                self._close_wait(conn, wait, FULFILLED, {"fired_at": now.isoformat()}, actor, now)
+                new = self._apply(
+                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    changes=_resume_changes(wait, now),
+                    events=[NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id})],
+                )
+                report.republished.append((new.id, new.version))
+                return
+            expired = NewEvent(
+                "expired", {"wait": wait.id, "kind": wait.kind, "on_timeout": wait.on_timeout}
+            )
+            if wait.on_timeout == "default":
+                self._close_wait(conn, wait, EXPIRED, wait.default_outcome, actor, now)
+                new = self._apply(
+                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    changes=_resume_changes(wait, now),
+                    events=[expired, NewEvent("resumed", {"step": wait.resume_step})],
+                )
+                report.republished.append((new.id, new.version))
+            else:
+                self._close_wait(conn, wait, EXPIRED, None, actor, now)
+                error = f"{wait.kind} wait passed its deadline {wait.deadline.isoformat()}"
+                self._apply(
+                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    changes={"status": FAILED, "error": error, "finished_at": now, "step": None},
+                    events=[expired, NewEvent("failed", {"error": error})],
+                )
+                report.failed.append(run.id)
+        report.deadlines.append(wait.run_id)
+
+    # ----------------------------------------------- the seed API's sessions
+
+    def open_session(self, agent_name: str, actor: str) -> RunRecord:
+        """The agent's latest script session, created on first use."""
+        with self.read() as conn:
+            queries.get_agent(conn, agent_name)
+            row = conn.execute(
+                select(runs)
+                .where(runs.c.agent_name == agent_name, runs.c.workflow == SESSION_WORKFLOW)
+                .order_by(runs.c.created_at.desc())
+                .limit(1)
+            ).mappings().first()
+        if row is not None:
+            return RunRecord.from_row(row)
+        run, _ = self.create_run(
+            agent_name=agent_name,
+            workflow=SESSION_WORKFLOW,
+            first_step=None,
+            actor=actor,
+            status=ACTIVE,
+        )
+        return run
+
+    def save_session(
+        self,
+        run: RunRecord,
+        *,
+        actor: str,
+        status: str,
+        task: str,
+        state: dict[str, Any],
+        messages: Sequence[NewMessage] = (),
+        events: Sequence[NewEvent] = (),
+    ) -> RunRecord:
+        """Checkpoint a script session; StaleVersion if another process saved since ``run``."""
+        state = ensure_json(state, "agent state")
+        with self.write() as conn:
+            return self._apply(
+                conn,
+                run,
+                now=self.clock(),
+                actor=actor,
+                changes={"status": status, "task": task},
+                messages=messages,
+                state=state,
+                checkpoint_step=None,
+                events=events,
+            )
+
+    # ----------------------------------------------------------- the core
+
+    def _apply(
+        self,
+        conn: Connection,
+        run: RunRecord,
+        *,
+        now: datetime,
+        actor: str,
+        changes: dict[str, Any],
+        expect_status: Sequence[str] | None = None,
+        expect_owner: str | None = None,
+        messages: Sequence[NewMessage] = (),
+        state: dict[str, Any] | None = None,
+        checkpoint_step: str | None = None,
+        events: Sequence[NewEvent] = (),
+        wait: WaitSpec | None = None,
+    ) -> RunRecord:
+        """Move ``run`` one version forward with ``changes``, or raise StaleVersion.
+
+        The CAS UPDATE comes first, so nothing is appended unless it matched.
+        """
+        values = dict(changes)
+        values["version"] = run.version + 1
+        values["updated_at"] = now
+        seq = run.seq
+        if state is not None:
+            seq = run.seq + 1
+            values["seq"] = seq
+        elif messages:
+            raise InvalidInput("messages are appended with a checkpoint")
+        first_idx = run.history_len
+        values["history_len"] = first_idx + len(messages)
+        event_rows, count, head = _chain(
+            run.id, run.event_hash, run.event_count, events, actor, now
+        )
+        values["event_count"] = count
+        values["event_hash"] = head
+
+        stmt = update(runs).where(runs.c.id == run.id, runs.c.version == run.version)
+        if expect_status is not None:
+            stmt = stmt.where(runs.c.status.in_(list(expect_status)))
+        if expect_owner is not None:
+            stmt = stmt.where(runs.c.lease_owner == expect_owner)
+        if conn.execute(stmt.values(**values)).rowcount != 1:
+            found = conn.execute(select(runs.c.version).where(runs.c.id == run.id)).scalar()
+            raise StaleVersion(run.id, run.version, found)
+
+        if messages:
+            conn.execute(
+                insert(messages_table),
+                [
+                    {
+                        "run_id": run.id,
+                        "idx": first_idx + i,
+                        "role": m.role,
+                        "content": m.content,
+                        "seq": seq,
+                        "created_at": now,
+                    }
+                    for i, m in enumerate(messages)
+                ],
+            )
+        if state is not None:
+            conn.execute(
+                insert(checkpoints).values(
+                    run_id=run.id,
+                    seq=seq,
+                    step=checkpoint_step,
+                    state=state,
+                    history_len=values["history_len"],
+                    created_at=now,
+                )
+            )
+        if event_rows:
+            conn.execute(insert(events_table), event_rows)
+        if wait is not None:
+            conn.execute(
+                insert(waits).values(
+                    run_id=run.id,
+                    seq=seq,
+                    kind=wait.kind,
+                    status=PENDING,
+                    resume_step=wait.resume_step,
+                    approver_group=wait.approver_group,
+                    prompt=wait.prompt,
+                    deadline=wait.deadline,
+                    on_timeout=wait.on_timeout,
+                    default_outcome=ensure_json(wait.default_outcome, "a wait's default outcome"),
+                    token_hash=wait.token_hash,
+                    created_at=now,
+                )
+            )
+        return replace(run, **values)
+
+    def _close_wait(
+        self,
+        conn: Connection,
+        wait: WaitRecord,
+        status: str,
+        outcome: Any,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        result = conn.execute(
+            update(waits)
+            .where(waits.c.id == wait.id, waits.c.status == PENDING)
+            .values(status=status, outcome=outcome, decided_by=actor, decided_at=now)
+        )
+        if result.rowcount != 1:
+            raise Conflict(f"the {wait.kind} wait of run {wait.run_id} was already decided")
+
+    # ----------------------------------------------------------------- reads
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self.read() as conn:
+            return queries.get_run(conn, run_id)
+
+    def list_runs(self, **filters: Any) -> list[RunRecord]:
+        with self.read() as conn:
+            return queries.list_runs(conn, **filters)
+
+    def checkpoint(self, run_id: str, seq: int | None = None) -> Checkpoint:
+        with self.read() as conn:
+            if seq is None:
+                return queries.latest_checkpoint(conn, queries.get_run(conn, run_id))
+            return queries.get_checkpoint(conn, run_id, seq)
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        with self.read() as conn:
+            queries.get_run(conn, run_id)
+            return queries.list_checkpoints(conn, run_id)
+
+    def history(self, run_id: str, *, start: int = 0, stop: int | None = None) -> list[Message]:
+        with self.read() as conn:
+            return queries.history(conn, run_id, start=start, stop=stop)
+
+    def events(self, run_id: str) -> list[Event]:
+        with self.read() as conn:
+            queries.get_run(conn, run_id)
+            return queries.list_events(conn, run_id)
+
+    def waits(self, run_id: str | None = None, *, status: str | None = None) -> list[WaitRecord]:
+        with self.read() as conn:
+            return queries.list_waits(conn, run_id, status=status)
+
+    def resumed_wait(self, run: RunRecord) -> WaitRecord | None:
+        with self.read() as conn:
+            return queries.resumed_wait(conn, run)
+
+
+def _resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:
+    return {"status": QUEUED, "step": wait.resume_step, "due_at": now, "published_at": now}
+
+
+def _chain(
+    run_id: str,
+    prev_hash: str,
+    count: int,
+    new_events: Sequence[NewEvent],
+    actor: str,
+    now: datetime,
+) -> tuple[list[dict[str, Any]], int, str]:
+    """Rows for ``new_events``, each hashed over the one before it."""
+    rows = []
+    head = prev_hash
+    for event in new_events:
+        count += 1
+        data = ensure_json(dict(event.data), "event data")
+        digest = event_hash(head, run_id, count, event.kind, actor, data, now)
+        rows.append(
+            {
+                "run_id": run_id,
+                "n": count,
+                "kind": event.kind,
+                "actor": actor,
+                "data": data,
+                "created_at": now,
+                "prev_hash": head,
+                "hash": digest,
+            }
+        )
+        head = digest
+    return rows, count, head

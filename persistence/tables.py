@@ -1,0 +1,201 @@
+"""Every table of the store, as SQLAlchemy Core tables on one ``MetaData``.
+
+The schema is the contract between processes, so it is defined once, here, and
+Alembic's revisions must agree with it (``tests/contract/test_migrations.py``).
+
+Append-only tables (checkpoints, messages, events) are keyed by ``(run_id, n)``
+so writing one more row never touches the rows before it: a step costs the
+same at message 10 and at message 10,000.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Dialect,
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+# Named constraints so Alembic can drop and alter them on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSONB on Postgres (smaller, comparable), plain JSON text on SQLite.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend.
+
+    Postgres keeps ``timestamptz``; SQLite has no time zones, so values are
+    stored as naive UTC and made aware again on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+Timestamp = UTCDateTime
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("persona", Text, nullable=False, default=""),
+    Column("instruction", Text, nullable=False, default=""),
+    Column("strategy", Text, nullable=False, default=""),
+    Column("model", Json, nullable=False, default=dict),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "agent_name",
+        String(200),
+        ForeignKey("agents.name", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    Column("workflow", String(200), nullable=False),
+    Column("task", Text, nullable=False, default=""),
+    Column("input", Json, nullable=False, default=dict),
+    # queued | running | waiting | completed | failed | cancelled (+ active/paused for
+    # the seed API's script sessions, which no worker ever advances).
+    Column("status", String(20), nullable=False),
+    Column("step", String(200), nullable=True),
+    # Sequence number of the run's latest checkpoint.
+    Column("seq", Integer, nullable=False, default=0),
+    # Compare-and-swap counter: every transition moves it by exactly one.
+    Column("version", Integer, nullable=False, default=0),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("history_len", Integer, nullable=False, default=0),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", Timestamp, nullable=True),
+    # A queued run should have a message in flight from due_at on; published_at is
+    # when the last one was sent. The sweeper re-sends when due and not recently sent:
+    # the run row is its own outbox.
+    Column("due_at", Timestamp, nullable=True),
+    Column("published_at", Timestamp, nullable=True),
+    Column("result", Json, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("idempotency_key", String(200), nullable=True, unique=True),
+    Column("parent_run_id", String(32), nullable=True),
+    Column("parent_seq", Integer, nullable=True),
+    # Head of the run's hash-chained audit trail.
+    Column("event_count", Integer, nullable=False, default=0),
+    Column("event_hash", String(64), nullable=False, default=""),
+    Column("legal_hold", Boolean, nullable=False, default=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=True),
+)
+Index("ix_runs_status_due_at", runs.c.status, runs.c.due_at)
+Index("ix_runs_status_lease_expires_at", runs.c.status, runs.c.lease_expires_at)
+Index("ix_runs_agent_name_created_at", runs.c.agent_name, runs.c.created_at)
+Index("ix_runs_status_updated_at", runs.c.status, runs.c.updated_at)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("step", String(200), nullable=True),
+    Column("state", Json, nullable=False),
+    # The conversation as of this checkpoint is messages[0:history_len].
+    Column("history_len", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("n", Integer, primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("data", Json, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_events_created_at", events.c.created_at)
+
+waits = Table(
+    "waits",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    # Checkpoint the run parked at; the resumed step reads the outcome of this wait.
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),
+    # pending | fulfilled | expired | cancelled
+    Column("status", String(20), nullable=False),
+    Column("resume_step", String(200), nullable=False),
+    Column("approver_group", String(200), nullable=True),
+    Column("prompt", Text, nullable=False, default=""),
+    Column("deadline", Timestamp, nullable=True),
+    # fail | default
+    Column("on_timeout", String(20), nullable=False, default="fail"),
+    Column("default_outcome", Json, nullable=True),
+    Column("token_hash", String(64), nullable=True, unique=True),
+    Column("outcome", Json, nullable=True),
+    Column("decided_by", String(200), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("decided_at", Timestamp, nullable=True),
+    UniqueConstraint("run_id", "seq", "kind"),
+)
+Index("ix_waits_status_deadline", waits.c.status, waits.c.deadline)
+Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
+
+ALL_TABLES = (agents, runs, checkpoints, messages, events, waits)

@@ -1,0 +1,198 @@
+"""The seed article's agent API, kept as a plain Python API on the same store.
+
+    persistence = AgentPersistence("agent_memory.db")
+    agent = Agent("loan_processor", persistence)
+    agent.persona = "I am a loan processing assistant..."
+    result = agent.execute("Perform initial loan assessment")
+    agent.pause()            # saved; the process may exit here
+    ...
+    agent = Agent("loan_processor", persistence)   # loads the saved state
+    agent.resume()
+    agent.execute("Continue processing with approved status")
+
+An agent's script conversation is a run of the ``__session__`` workflow: it
+gets checkpoints, messages and an audit trail like any queued run, and
+``pausepoint show`` displays it. Workers never advance it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from persistence.records import ACTIVE, PAUSED, NewEvent, NewMessage, RunRecord
+from persistence.store import Store
+from tasks.llm import LLMBackend, Message, ScriptedBackend
+from tasks.prompt import build_messages
+
+
+def _actor() -> str:
+    return f"script:{socket.gethostname()}:{os.getpid()}"
+
+
+class AgentPersistence:
+    """The store behind seed-style agents: a SQLite file path, or any store URL."""
+
+    def __init__(self, db_path: str = "agent_memory.db", *, store: Store | None = None) -> None:
+        if store is None:
+            url = db_path if "://" in db_path else f"sqlite:///{db_path}"
+            store = Store.from_url(url)
+        self.db_path = db_path
+        self.store = store
+
+    def save_agent_state(self, agent: Agent) -> bool:
+        return agent.save_state()
+
+    def load_agent_state(self, agent: Agent) -> bool:
+        return agent.load_state()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Agent:
+    """A named agent with persona, instruction and strategy, whose state outlives the process."""
+
+    def __init__(
+        self,
+        name: str,
+        persistence: AgentPersistence | None = None,
+        *,
+        llm: LLMBackend | None = None,
+    ) -> None:
+        self._name = name
+        self._persistence = persistence or AgentPersistence()
+        self._llm: LLMBackend = llm if llm is not None else ScriptedBackend()
+        self._persona = ""
+        self._instruction = ""
+        self._strategy = ""
+        self._model: dict[str, Any] = {}
+        self._task = ""
+        self._history: list[Message] = []
+        self._saved_len = 0
+        self._paused = False
+        self._session: RunRecord | None = None
+        self._persistence.load_agent_state(self)
+
+    # The configuration, as in the seed article.
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def persona(self) -> str:
+        return self._persona
+
+    @persona.setter
+    def persona(self, value: str) -> None:
+        self._persona = value
+
+    @property
+    def instruction(self) -> str:
+        return self._instruction
+
+    @instruction.setter
+    def instruction(self, value: str) -> None:
+        self._instruction = value
+
+    @property
+    def strategy(self) -> str:
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, value: str) -> None:
+        self._strategy = value
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @property
+    def history(self) -> list[Message]:
+        return [dict(m) for m in self._history]
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of this agent's script session (a run), once saved."""
+        return self._session.id if self._session is not None else None
+
+    def execute(self, task: str) -> str:
+        """Run ``task`` with the agent's persona and conversation; the result is saved."""
+        self._task = task
+        messages = build_messages(
+            self._persona, self._instruction, self._strategy, self._history, task
+        )
+        reply = self._llm.complete(messages, model=self._model.get("model"))
+        self._history.append({"role": "user", "content": task})
+        self._history.append({"role": "assistant", "content": reply})
+        self._paused = False
+        self._save("executed", {"task": task})
+        return reply
+
+    def save_state(self) -> bool:
+        """Save configuration, task and conversation; True when stored."""
+        return self._save("saved", {})
+
+    def load_state(self, agent_name: str | None = None) -> bool:
+        """Load the saved state of this agent (or of ``agent_name``); False if there is none."""
+        store = self._persistence.store
+        name = agent_name or self._name
+        agents = {a.name: a for a in store.list_agents()}
+        if name not in agents:
+            return False
+        record = agents[name]
+        self._persona, self._instruction = record.persona, record.instruction
+        self._strategy, self._model = record.strategy, dict(record.model)
+        session = store.open_session(name, _actor())
+        self._task = session.task
+        self._history = [m.as_chat() for m in store.history(session.id, stop=session.history_len)]
+        self._paused = session.status == PAUSED
+        if name == self._name:
+            self._session = session
+            self._saved_len = len(self._history)
+        else:
+            # Adopted from another agent: all of it is new to this agent's session.
+            self._saved_len = 0
+        return True
+
+    def pause(self) -> bool:
+        """Pause: save the current state so the process can stop here."""
+        self._paused = True
+        return self._save("paused", {"task": self._task})
+
+    def resume(self, agent_name: str | None = None) -> bool:
+        """Resume from the saved state (of this agent, or of ``agent_name``)."""
+        if not self.load_state(agent_name):
+            return False
+        self._paused = False
+        return self._save("resumed", {"task": self._task})
+
+    def _save(self, kind: str, data: dict[str, Any]) -> bool:
+        store = self._persistence.store
+        store.save_agent(
+            self._name,
+            persona=self._persona,
+            instruction=self._instruction,
+            strategy=self._strategy,
+            model=self._model,
+        )
+        if self._session is None:
+            self._session = store.open_session(self._name, _actor())
+        new = [NewMessage(m["role"], m["content"]) for m in self._history[self._saved_len :]]
+        # StaleVersion here means another process saved this agent since we loaded it.
+        self._session = store.save_session(
+            self._session,
+            actor=_actor(),
+            status=PAUSED if self._paused else ACTIVE,
+            task=self._task,
+            state={"task": self._task, "paused": self._paused},
+            messages=new,
+            events=[NewEvent(kind, data)],
+        )
+        self._saved_len = len(self._history)
+        return True

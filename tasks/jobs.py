@@ -1,0 +1,62 @@
+"""The Celery tasks workers run. Thin: find this process's runtime, call it.
+
+Defined with ``@shared_task`` so this package never imports the Celery app;
+``worker.app`` builds the app and leaves a runtime factory in its config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Task, shared_task
+
+from persistence.errors import ConfigurationError
+from tasks.runtime import Runtime
+
+RUN_STEP = "pausepoint.run_step"
+SWEEP = "pausepoint.sweep"
+FACTORY_KEY = "pausepoint_runtime_factory"
+
+# One runtime per (process, app): prefork children build their own after the fork,
+# so no database connection crosses a fork.
+_runtimes: dict[tuple[int, int], Runtime] = {}
+
+
+def runtime_for(app: Any) -> Runtime:
+    key = (os.getpid(), id(app))
+    runtime = _runtimes.get(key)
+    if runtime is None:
+        factory = app.conf.get(FACTORY_KEY)
+        if factory is None:
+            raise ConfigurationError(
+                "this Celery app has no Pausepoint runtime; build it with worker.app.create_app()"
+            )
+        runtime = _runtimes[key] = factory(app)
+    return runtime
+
+
+def forget_runtimes() -> None:
+    """Drop this process's runtimes (tests, and after a fork)."""
+    for runtime in _runtimes.values():
+        runtime.store.close()
+    _runtimes.clear()
+
+
+@shared_task(name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_step(self: Task, run_id: str, version: int) -> str:
+    """Advance ``run_id`` by one step if it is still at ``version``."""
+    report = runtime_for(self.app).run_step(run_id, version)
+    return f"{report.outcome} {report.step or ''} -> {report.status or ''}".strip()
+
+
+@shared_task(name=SWEEP, bind=True, ignore_result=True)
+def sweep(self: Task) -> dict[str, int]:
+    """Re-send lost messages, recover expired leases, act on passed deadlines."""
+    report = runtime_for(self.app).sweep()
+    return {
+        "republished": len(report.republished),
+        "lease_expired": len(report.lease_expired),
+        "deadlines": len(report.deadlines),
+        "failed": len(report.failed),
+    }

@@ -1,0 +1,312 @@
+"""The runtime: start a run, advance it one step, decide an approval, sweep.
+
+Plain functions over a :class:`Store`, an LLM backend and a ``publish``
+callable, so all of it runs and is tested without a broker. The Celery tasks
+in :mod:`tasks.jobs` are thin wrappers around these.
+
+The order is always: commit, then publish. A crash between the two leaves a
+queued run with no message, which the sweeper finds and publishes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from persistence.errors import (
+    ConfigurationError,
+    InvalidInput,
+    PausepointError,
+    Retry,
+    StaleVersion,
+)
+from persistence.records import (
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    WAITING,
+    Claim,
+    NewEvent,
+    RunRecord,
+    SweepReport,
+    Transition,
+    WaitSpec,
+)
+from persistence.store import Store
+from tasks.context import StepContext
+from tasks.llm import LLMBackend
+from tasks.workflow import End, Next, Registry, Step, Wait, Workflow, registry
+
+log = logging.getLogger("pausepoint.runtime")
+
+Publish = Callable[[str, int], None]
+
+
+def worker_identity() -> str:
+    """Who holds a lease: host and pid, so the audit trail can name the process."""
+    return f"worker:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one ``run_step`` call did: ``stale`` when the message had nothing to do."""
+
+    run_id: str
+    outcome: str
+    step: str | None = None
+    status: str | None = None
+    version: int | None = None
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        llm: LLMBackend,
+        publish: Publish,
+        workflows: Registry = registry,
+        redeliver_after: float = 30.0,
+        max_attempts: int = 5,
+    ) -> None:
+        self.store = store
+        self.llm = llm
+        self._publish = publish
+        self.workflows = workflows
+        self.redeliver_after = redeliver_after
+        self.max_attempts = max_attempts
+
+    # ------------------------------------------------------------ producers
+
+    def start(
+        self,
+        workflow: str,
+        *,
+        agent: str,
+        task: str = "",
+        input: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+    ) -> RunRecord:
+        """Start a run of ``workflow`` for ``agent``; with a used idempotency key, the same run."""
+        if input is not None and not isinstance(input, dict):
+            raise InvalidInput("run input must be a JSON object")
+        wf = self.workflows.get(workflow)
+        run, created = self.store.create_run(
+            agent_name=agent,
+            workflow=wf.name,
+            first_step=wf.start,
+            actor=actor,
+            task=task,
+            input=input,
+            idempotency_key=idempotency_key,
+        )
+        if created:
+            self.publish(run)
+        return run
+
+    def decide(
+        self,
+        run_id: str,
+        *,
+        approved: bool,
+        actor: str,
+        comment: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Approve or reject a run's pending approval and queue its next step."""
+        run = self.store.decide(run_id, approved=approved, actor=actor, comment=comment, data=data)
+        self.publish(run)
+        return run
+
+    def sweep(self) -> SweepReport:
+        report = self.store.sweep(
+            redeliver_after=self.redeliver_after, max_attempts=self.max_attempts
+        )
+        for run_id, version in report.republished:
+            self._send(run_id, version)
+        if report.republished or report.failed:
+            log.info(
+                "sweep: published %d, lease expired %d, deadlines %d, failed %d",
+                len(report.republished),
+                len(report.lease_expired),
+                len(report.deadlines),
+                len(report.failed),
+            )
+        return report
+
+    def publish(self, run: RunRecord) -> None:
+        if run.status == QUEUED and run.published_at is not None:
+            self._send(run.id, run.version)
+
+    def _send(self, run_id: str, version: int) -> None:
+        try:
+            self._publish(run_id, version)
+        except Exception:
+            # Committed already: the sweeper re-sends after redeliver_after.
+            log.exception("could not publish run %s v%d; the sweeper will retry", run_id, version)
+
+    # --------------------------------------------------------------- a step
+
+    def run_step(self, run_id: str, version: int, *, owner: str | None = None) -> StepReport:
+        """Advance a run by one step, exactly once per version, whatever the duplicates."""
+        owner = owner or worker_identity()
+        claim = self.store.claim(run_id, version, owner)
+        if claim is None:
+            log.debug("run %s v%d: stale or duplicate message, nothing to do", run_id, version)
+            return StepReport(run_id, "stale")
+        started = time.monotonic()
+        transition = self._execute(claim)
+        duration_ms = round((time.monotonic() - started) * 1000, 3)
+        transition = _with_completion_event(transition, claim, duration_ms)
+        try:
+            new = self.store.commit_step(claim, owner, transition)
+        except StaleVersion:
+            log.warning("run %s: lease lost during step %s; result dropped", run_id, claim.run.step)
+            return StepReport(run_id, "stale", claim.run.step)
+        self.publish(new)
+        return StepReport(run_id, "committed", claim.run.step, new.status, new.version)
+
+    def _execute(self, claim: Claim) -> Transition:
+        run = claim.run
+        try:
+            wf = self.workflows.get(run.workflow)
+            step = wf.get_step(run.step)
+        except PausepointError as exc:
+            # A worker without this workflow's code: retry, in case another worker has it.
+            return self._retry_or_fail(claim, None, exc, retry_delay=5.0)
+        try:
+            agent = self.store.get_agent(run.agent_name)
+            ctx = StepContext(
+                store=self.store,
+                claim=claim,
+                agent=agent,
+                llm=self.llm,
+                resumed=self.store.resumed_wait(run),
+            )
+            outcome = wf.check(step.fn(ctx))
+        except Retry as exc:
+            return self._retry_or_fail(claim, step, exc, retry_delay=exc.delay)
+        except ConfigurationError as exc:
+            return _failed(claim, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            return self._retry_or_fail(claim, step, exc)
+        return _transition(wf, ctx, outcome, now=self.store.clock())
+
+    def _retry_or_fail(
+        self,
+        claim: Claim,
+        step: Step | None,
+        exc: BaseException,
+        retry_delay: float | None = None,
+    ) -> Transition:
+        attempt = claim.run.attempt
+        max_retries = step.max_retries if step is not None else 3
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt >= max_retries:
+            log.error("run %s step %s failed for good: %s", claim.run.id, claim.run.step, error)
+            return _failed(claim, error, tb=traceback.format_exc(limit=8))
+        delay = retry_delay if retry_delay is not None else step.backoff(attempt) if step else 1.0
+        log.warning(
+            "run %s step %s attempt %d failed (%s); retry in %.1fs",
+            claim.run.id, claim.run.step, attempt + 1, error, delay,
+        )
+        return Transition(
+            status=QUEUED,
+            state=claim.checkpoint.state,
+            step=claim.run.step,
+            retry=True,
+            delay=delay,
+            events=(
+                NewEvent(
+                    "retried",
+                    {"step": claim.run.step, "attempt": attempt + 1, "error": error, "delay": delay},
+                ),
+            ),
+        )
+
+
+def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:
+    data: dict[str, Any] = {"step": claim.run.step, "error": error}
+    if tb:
+        data["traceback"] = tb
+    return Transition(
+        status=FAILED,
+        state=claim.checkpoint.state,
+        error=error,
+        events=(NewEvent("failed", data),),
+    )
+
+
+def _transition(wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime) -> Transition:
+    messages = tuple(ctx.new_messages)
+    if isinstance(outcome, Next):
+        return Transition(
+            status=QUEUED, state=ctx.state, step=outcome.step, messages=messages, delay=outcome.delay
+        )
+    if isinstance(outcome, Wait):
+        deadline = outcome.deadline
+        if deadline is None and outcome.timeout is not None:
+            deadline = now + outcome.timeout
+        spec = WaitSpec(
+            kind=outcome.kind,
+            resume_step=outcome.then,
+            prompt=outcome.prompt,
+            approver_group=outcome.group,
+            deadline=deadline,
+            on_timeout=outcome.on_timeout,
+            default_outcome=outcome.default,
+        )
+        paused = NewEvent(
+            "paused",
+            {
+                "kind": outcome.kind,
+                "resume_step": outcome.then,
+                "prompt": outcome.prompt,
+                "group": outcome.group,
+                "deadline": deadline.isoformat() if deadline else None,
+            },
+        )
+        return Transition(status=WAITING, state=ctx.state, messages=messages, wait=spec, events=(paused,))
+    if outcome.failed:
+        return Transition(
+            status=FAILED,
+            state=ctx.state,
+            messages=messages,
+            error=outcome.error,
+            result=outcome.result,
+            events=(NewEvent("failed", {"step": ctx.step, "error": outcome.error}),),
+        )
+    return Transition(
+        status=COMPLETED,
+        state=ctx.state,
+        messages=messages,
+        result=outcome.result,
+        events=(NewEvent("completed", {"result": outcome.result}),),
+    )
+
+
+def _with_completion_event(t: Transition, claim: Claim, duration_ms: float) -> Transition:
+    if t.retry:
+        return t
+    done = NewEvent(
+        "step_completed",
+        {
+            "step": claim.run.step,
+            "key": claim.idempotency_key,
+            "duration_ms": duration_ms,
+            "messages": len(t.messages),
+            "next": t.step if t.status == QUEUED else t.status,
+        },
+    )
+    return replace(t, events=(done, *t.events))
+
+
+__all__ = ["Publish", "Runtime", "StepReport", "worker_identity"]

@@ -1,0 +1,373 @@
+"""A small, real OpenAI-compatible HTTP server for tests (standard library only).
+
+    with OpenAIServer() as srv:
+        backend = OpenAIBackend(srv.base_url, model="echo-1")
+        srv.plan(status=429, headers={"Retry-After": "0"}, times=2)
+        ...
+        srv.requests  # every request seen: path, headers, parsed JSON body
+
+Replies are "echo: <last user message>" unless a ``reply`` callable or a planned
+``content`` says otherwise. Planned responses are used one per request, in order;
+when none is left the server answers normally.
+
+Run ``python tests/openai_server.py --port 8099`` to use it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+__all__ = ["OpenAIServer", "PlannedResponse", "RecordedRequest"]
+
+ReplyFn = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class PlannedResponse:
+    """One scripted answer. ``raw`` wins over ``body``; ``body=None`` means the default."""
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    raw: bytes | None = None
+    delay: float = 0.0
+    content: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request as the server saw it. Header names are lower-cased."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes
+
+
+def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("Bad request.", "invalid_request_error"),
+    401: ("Incorrect API key provided.", "invalid_request_error"),
+    403: ("You are not allowed to sample from this model.", "invalid_request_error"),
+    404: ("The model does not exist.", "invalid_request_error"),
+    422: ("Unprocessable request.", "invalid_request_error"),
+    429: ("Rate limit reached. Please try again later.", "rate_limit_error"),
+    500: ("The server had an error while processing your request.", "server_error"),
+    502: ("Bad gateway.", "server_error"),
+    503: ("The engine is currently overloaded, please try again later.", "server_error"),
+    504: ("Gateway timeout.", "server_error"),
+}
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # Handler threads are joined on close (delays and open connections are cut first).
+    daemon_threads = False
+    owner: OpenAIServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is an expected event in these tests.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+    # Never let a forgotten keep-alive connection pin a handler thread for long.
+    timeout = 10
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        owner._record(self, b"", None)
+        if self.path.rstrip("/") == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
+        else:
+            self._send_json(404, _error_body(f"Unknown path {self.path}", "invalid_request_error"))
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        owner._record(self, raw, body)
+
+        if owner.api_key is not None:
+            if self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+                self._send_json(
+                    401,
+                    _error_body(
+                        "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+                    ),
+                )
+                return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send_json(404, _error_body(f"Unknown path {self.path}", "invalid_request_error"))
+            return
+
+        planned = owner._next_plan()
+        if planned.delay > 0 and owner._stopping.wait(planned.delay):
+            self.close_connection = True
+            return
+        if planned.raw is not None:
+            self._send(planned.status, planned.raw, "text/plain", planned.headers)
+            return
+        if planned.body is not None:
+            self._send_json(planned.status, planned.body, planned.headers)
+            return
+        if planned.status != 200:
+            message, type_ = _DEFAULT_ERRORS.get(
+                planned.status, (f"HTTP {planned.status}", "server_error")
+            )
+            self._send_json(planned.status, _error_body(message, type_), planned.headers)
+            return
+
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._send_json(
+                400, _error_body("'messages' is a required property", "invalid_request_error")
+            )
+            return
+        content = planned.content if planned.content is not None else owner._reply(body)
+        self._send_json(200, owner._completion(body, content), planned.headers)
+
+    def _send_json(
+        self, status: int, payload: Any, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers or {})
+
+    def _send(
+        self, status: int, data: bytes, content_type: str, headers: Mapping[str, str]
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class OpenAIServer:
+    """A loopback OpenAI-compatible server running in a background thread."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        reply: ReplyFn | None = None,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.api_key = api_key
+        self.reply = reply
+        self._lock = threading.Lock()
+        self._plans: deque[PlannedResponse] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._ids = itertools.count(1)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> OpenAIServer:
+        """Bind and start serving; returns self."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self.host, self.requested_port), _Handler)
+        httpd.owner = self
+        self._stopping.clear()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"openai-server-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving, end delayed answers and open connections, release the port."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        with self._lock:
+            live = list(self._connections)
+        for conn in live:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("server is not running; call start() or use it as a context")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``"""
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- planning and inspection -------------------------------------------
+
+    def plan(
+        self,
+        status: int = 200,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        raw: bytes | None = None,
+        delay: float = 0.0,
+        content: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Queue ``times`` copies of a response for the next chat requests."""
+        planned = PlannedResponse(status, dict(headers or {}), body, raw, delay, content)
+        with self._lock:
+            self._plans.extend([planned] * times)
+
+    @property
+    def pending_plans(self) -> int:
+        with self._lock:
+            return len(self._plans)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget recorded requests and unused plans."""
+        with self._lock:
+            self._requests.clear()
+            self._plans.clear()
+
+    # -- used by the handler ------------------------------------------------
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    def _record(self, handler: BaseHTTPRequestHandler, raw: bytes, body: Any) -> None:
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        request = RecordedRequest(handler.command, handler.path, headers, body, raw)
+        with self._lock:
+            self._requests.append(request)
+
+    def _next_plan(self) -> PlannedResponse:
+        with self._lock:
+            return self._plans.popleft() if self._plans else PlannedResponse()
+
+    def _reply(self, body: dict[str, Any]) -> str:
+        if self.reply is not None:
+            return self.reply(body)
+        last = ""
+        for message in reversed(body["messages"]):
+            if isinstance(message, dict) and message.get("role") == "user":
+                last = str(message.get("content") or "")
+                break
+        return f"echo: {last}"
+
+    def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+        prompt_tokens = sum(
+            len(str(m.get("content") or "").split())
+            for m in body["messages"]
+            if isinstance(m, dict)
+        )
+        completion_tokens = len(content.split())
+        with self._lock:
+            n = next(self._ids)
+        return {
+            "id": f"chatcmpl-test{n:06d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model") or "echo"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a loopback OpenAI-compatible echo server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--api-key", default=None, help="require this bearer key")
+    args = parser.parse_args(argv)
+    with OpenAIServer(host=args.host, port=args.port, api_key=args.api_key) as srv:
+        print(f"OpenAI-compatible test server at {srv.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The Celery app, built from one Settings object, and the runtime each process uses."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from celery import Celery
+
+from persistence.store import Store
+from tasks import jobs
+from tasks.llm import build_backend
+from tasks.runtime import Runtime
+from tasks.workflow import registry
+from worker.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app wired to the store and broker that ``settings`` name."""
+    settings = settings or Settings()
+    registry.load(settings.workflows)
+    app = Celery("pausepoint", broker=settings.broker_url, set_as_current=True)
+    transport_options: dict[str, Any] = {}
+    if settings.embedded_broker:
+        _tune_sqla_transport(settings.broker_poll_interval)
+        # kombu passes these options to create_engine: queue, don't fail, on a busy file.
+        transport_options["connect_args"] = {"timeout": 30}
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Task events on, so Flower (on Redis/RabbitMQ) sees every step.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        beat_schedule={
+            "pausepoint-sweep": {"task": jobs.SWEEP, "schedule": settings.sweep_interval},
+        },
+        # Beat keeps its schedule in memory: the sweep needs no state across restarts.
+        beat_scheduler="celery.beat:Scheduler",
+        worker_hijack_root_logger=False,
+        pausepoint_settings=settings,
+        **{jobs.FACTORY_KEY: partial(build_runtime, settings)},
+    )
+    # tasks.jobs is imported above, so its shared tasks bind to this app when it finalizes.
+    return app
+
+
+def _tune_sqla_transport(poll_interval: float) -> None:
+    # kombu's SQLAlchemy transport hands every transport option to create_engine,
+    # so its polling interval (1 s by default: a second per step) can only be set
+    # on the class. This is the process entry point, so the process-wide change is ours.
+    from kombu.transport import sqlalchemy as sqla
+
+    sqla.Transport.polling_interval = poll_interval
+
+
+def build_runtime(settings: Settings, app: Celery) -> Runtime:
+    """The runtime of one process: its own engine, LLM client and publisher."""
+    store = Store.from_url(settings.store_url, lease_seconds=settings.lease_seconds)
+    llm = build_backend(
+        settings.llm,
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+    )
+    run_step = app.tasks[jobs.RUN_STEP]
+
+    def publish(run_id: str, version: int) -> None:
+        run_step.apply_async((run_id, version))
+
+    return Runtime(
+        store,
+        llm=llm,
+        publish=publish,
+        workflows=registry,
+        redeliver_after=settings.redeliver_after,
+        max_attempts=settings.max_attempts,
+    )
+
+
+def runtime(app: Celery) -> Runtime:
+    return jobs.runtime_for(app)

@@ -1,0 +1,376 @@
+"""The ``pausepoint`` command line."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.exc import OperationalError as DBOperationalError
+
+from persistence.errors import InvalidInput, PausepointError
+from persistence.store import Store
+from worker.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+cli = typer.Typer(
+    name="pausepoint",
+    help="Durable, pausable AI agents on Celery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn expected failures into a one-line message and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PausepointError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        except DBOperationalError as exc:
+            err.print(f"[bold red]error:[/] cannot use the store: {exc.orig}", highlight=False)
+        except ValueError as exc:
+            err.print(f"[bold red]error:[/] bad settings: {exc}", highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def open_store() -> Store:
+    return Store.from_url(settings().store_url)
+
+
+def parse_json_object(text: str | None, what: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, like '{{\"amount\": 25000}}'")
+    return value
+
+
+def default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+# ---------------------------------------------------------------- processes
+
+
+@cli.command()
+@friendly
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    beat: Annotated[
+        bool | None,
+        typer.Option(help="Run beat (the sweeper) inside the worker. Default: on with the embedded broker."),
+    ] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. w1@%h.")] = None,
+    loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
+    queues: Annotated[str | None, typer.Option(help="Queues to consume, comma-separated.")] = None,
+) -> None:
+    """Run a Celery worker that executes agent steps."""
+    from worker.app import create_app
+
+    s = settings()
+    Store.from_url(s.store_url).close()  # migrate once, before the children start
+    app = create_app(s)
+    argv = [
+        "worker",
+        f"--loglevel={loglevel or s.log_level}",
+        f"--concurrency={concurrency or s.concurrency}",
+        "--task-events",
+    ]
+    if beat if beat is not None else s.embedded_broker:
+        argv.append("--beat")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if queues:
+        argv.append(f"--queues={queues}")
+    app.worker_main(argv)
+
+
+@cli.command("beat")
+@friendly
+def beat_cmd(
+    loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
+) -> None:
+    """Run beat alone (production): it schedules the sweeper."""
+    from worker.app import create_app
+
+    s = settings()
+    Store.from_url(s.store_url).close()
+    create_app(s).start(["beat", f"--loglevel={loglevel or s.log_level}"])
+
+
+@cli.command()
+@friendly
+def sweep() -> None:
+    """Run one sweeper pass now: re-send lost messages, recover dead workers, fire deadlines."""
+    from worker.app import create_app, runtime
+
+    report = runtime(create_app(settings())).sweep()
+    console.print(
+        f"published {len(report.republished)}, lease expired {len(report.lease_expired)}, "
+        f"deadlines {len(report.deadlines)}, failed {len(report.failed)}"
+    )
+
+
+# ------------------------------------------------------------------- agents
+
+
+@cli.command()
+@friendly
+def agent(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    persona: Annotated[str | None, typer.Option(help="Who the agent is.")] = None,
+    instruction: Annotated[str | None, typer.Option(help="What it must always do.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="How it goes about its work.")] = None,
+    model: Annotated[str | None, typer.Option(help='Model settings as JSON, e.g. {"model": "x"}.')] = None,
+) -> None:
+    """Create an agent, or update the fields given."""
+    settings_json = parse_json_object(model, "--model")
+    record = open_store().save_agent(
+        name, persona=persona, instruction=instruction, strategy=strategy, model=settings_json
+    )
+    console.print(f"agent [bold]{record.name}[/] saved")
+
+
+@cli.command()
+@friendly
+def agents() -> None:
+    """List agents."""
+    from rich.table import Table
+
+    table = Table(title="Agents", header_style="bold")
+    for col in ("name", "persona", "instruction", "strategy", "model"):
+        table.add_column(col)
+    from worker.render import short
+
+    for a in open_store().list_agents():
+        table.add_row(a.name, short(a.persona, 40), short(a.instruction, 40), short(a.strategy, 30), short(a.model, 30))
+    console.print(table)
+
+
+@cli.command()
+@friendly
+def workflows() -> None:
+    """List the workflows this installation knows."""
+    from tasks.workflow import registry
+
+    registry.load(settings().workflows)
+    for name in registry.names():
+        wf = registry.get(name)
+        console.print(f"[bold]{name}[/]: {wf.description}  (steps: {', '.join(wf.steps)})")
+
+
+# --------------------------------------------------------------------- runs
+
+
+@cli.command()
+@friendly
+def start(
+    workflow: Annotated[str, typer.Argument(help="Workflow name (see `pausepoint workflows`).")],
+    agent: Annotated[str, typer.Option("--agent", help="The agent that runs it.")],
+    task: Annotated[str, typer.Option("--task", help="What to do.")] = "",
+    input: Annotated[str | None, typer.Option("--input", help="Run input as a JSON object.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Same key, same run: safe to retry.")
+    ] = None,
+) -> None:
+    """Start a run and queue its first step."""
+    from worker.app import create_app, runtime
+
+    data = parse_json_object(input, "--input")
+    rt = runtime(create_app(settings()))
+    run = rt.start(
+        workflow,
+        agent=agent,
+        task=task,
+        input=data,
+        idempotency_key=idempotency_key,
+        actor=default_actor(),
+    )
+    console.print(run.id)
+
+
+@cli.command()
+@friendly
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's runs.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only this workflow's runs.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List runs."""
+    from persistence.records import RUN_STATUSES
+    from worker.render import runs_table
+
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidInput(f"unknown status {status!r}; one of: {', '.join(RUN_STATUSES)}")
+    found = open_store().list_runs(status=status, agent=agent, workflow=workflow, limit=limit)
+    if as_json:
+        for run in found:
+            print(json.dumps(_run_json(run)))
+        return
+    console.print(runs_table(found))
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in asdict(run).items()}
+
+
+@cli.command()
+@friendly
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+) -> None:
+    """Show a run: state, conversation, waits and audit trail."""
+    from worker.render import run_panel
+
+    store = open_store()
+    run = store.get_run(run_id)
+    checkpoint = store.checkpoint(run_id)
+    history = store.history(run_id, stop=run.history_len)
+    waits = store.waits(run_id)
+    events = store.events(run_id)
+    if as_json:
+        from dataclasses import asdict
+
+        def plain(x: Any) -> Any:
+            return json.loads(json.dumps(asdict(x), default=str))
+
+        print(
+            json.dumps(
+                {
+                    "run": plain(run),
+                    "state": checkpoint.state,
+                    "history": [plain(m) for m in history],
+                    "waits": [plain(w) for w in waits],
+                    "events": [plain(e) for e in events],
+                },
+                indent=2,
+            )
+        )
+        return
+    console.print(run_panel(run, checkpoint, history, waits, events))
+
+
+def _decide(run_id: str, approved: bool, comment: str, by: str | None, data: str | None) -> None:
+    from worker.app import create_app, runtime
+
+    payload = parse_json_object(data, "--data")
+    rt = runtime(create_app(settings()))
+    run = rt.decide(
+        run_id, approved=approved, actor=by or default_actor(), comment=comment, data=payload
+    )
+    verb = "approved" if approved else "rejected"
+    console.print(f"run [bold]{run.id}[/] {verb}; it resumes at step [bold]{run.step}[/]")
+
+
+@cli.command()
+@friendly
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The waiting run's id.")],
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who decides (default: cli:$USER).")] = None,
+    data: Annotated[str | None, typer.Option(help="Edited input for the next step, as JSON.")] = None,
+) -> None:
+    """Approve a run that waits for approval; its next step is queued."""
+    _decide(run_id, True, comment, by, data)
+
+
+@cli.command()
+@friendly
+def reject(
+    run_id: Annotated[str, typer.Argument(help="The waiting run's id.")],
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who decides (default: cli:$USER).")] = None,
+) -> None:
+    """Reject a run that waits for approval; its next step is queued to handle it."""
+    _decide(run_id, False, comment, by, None)
+
+
+# ----------------------------------------------------------------------- db
+
+
+@db_cli.command("upgrade")
+@friendly
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the schema migrations."""
+    from persistence.engine import make_engine
+    from persistence.migrate import upgrade
+
+    engine = make_engine(settings().store_url)
+    try:
+        now = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    console.print(f"store schema at revision [bold]{now}[/]")
+
+
+@db_cli.command("current")
+@friendly
+def db_current() -> None:
+    """Print the store's schema revision."""
+    from persistence.engine import make_engine
+    from persistence.migrate import current_revision, head_revision
+
+    engine = make_engine(settings().store_url)
+    try:
+        now = current_revision(engine)
+    finally:
+        engine.dispose()
+    console.print(f"current: {now or 'empty'}  head: {head_revision()}")
+
+
+# --------------------------------------------------------------------- demo
+
+
+@cli.command()
+@friendly
+def demo(
+    directory: Annotated[
+        str, typer.Option("--dir", help="Where the demo keeps its databases (made fresh).")
+    ] = ".pausepoint-demo",
+    applications: Annotated[int, typer.Option(help="Loan applications to run.", min=3, max=20)] = 5,
+) -> None:
+    """Run the loan demo on the embedded default: a real worker, pauses, approvals, a restart."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(directory, applications, console))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli()
