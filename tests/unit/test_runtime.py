@@ -1,0 +1,342 @@
+"""The runtime without a broker: publish is a list, the store a SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from persistence.errors import AgentNotFound, InvalidInput, Retry, WorkflowNotFound
+from persistence.records import COMPLETED, FAILED, QUEUED, WAITING
+from persistence.store import Store
+from persistence.tables import checkpoints, events, messages, runs
+from tasks import examples  # noqa: F401  (registers loan and noop)
+from tasks.context import StepContext
+from tasks.llm import ScriptedBackend
+from tasks.runtime import Runtime
+from tasks.workflow import End, Next, Outcome, Registry, Wait, Workflow, registry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    s = Store.from_url(sqlite_url)
+    s.save_agent("loan_processor", persona="I am a loan processing assistant.")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def published() -> list[tuple[str, int]]:
+    return []
+
+
+@pytest.fixture
+def llm() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def rt(store: Store, llm: ScriptedBackend, published: list[tuple[str, int]]) -> Runtime:
+    return Runtime(store, llm=llm, publish=lambda r, v: published.append((r, v)))
+
+
+def drain(rt: Runtime, published: list[tuple[str, int]], limit: int = 50) -> int:
+    """Deliver every published message, like a worker would; returns how many ran."""
+    n = 0
+    while published and n < limit:
+        run_id, version = published.pop(0)
+        rt.run_step(run_id, version, owner="test-worker")
+        n += 1
+    return n
+
+
+def table_counts(store: Store) -> dict[str, int]:
+    with store.read() as conn:
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (runs, checkpoints, messages, events)
+        }
+
+
+HEALTHY = "Loan application: amount 20000, income 90000, debt 3000"
+RISKY = "Loan application: amount 200000, income 30000, debt 25000"
+
+
+def test_loan_runs_assess_park_and_finish_when_approved(
+    rt: Runtime, store: Store, published: list[tuple[str, int]], llm: ScriptedBackend
+) -> None:
+    run = rt.start("loan", agent="loan_processor", task=HEALTHY)
+    assert published == [(run.id, run.version)]
+    drain(rt, published)
+    parked = store.get_run(run.id)
+    assert parked.status == WAITING and parked.step == "finalize"
+    assert store.checkpoint(run.id).state["recommendation"] == "APPROVE"
+    assert published == []  # a waiting run has no message in flight
+    assert llm.calls[0][0] == {"role": "system", "content": "I am a loan processing assistant."}
+
+    rt.decide(run.id, approved=True, actor="alice", comment="ok")
+    drain(rt, published)
+    done = store.get_run(run.id)
+    assert done.status == COMPLETED
+    assert done.result["outcome"] == "approved" and done.result["by"] == "alice"
+    history = store.history(run.id)
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert "approved" in history[-1].content.lower()
+    # The resumed step saw the first step's turns.
+    assert any("RECOMMENDATION" in m["content"] for m in llm.calls[1])
+    kinds = [e.kind for e in store.events(run.id)]
+    assert kinds == [
+        "created", "step_started", "step_completed", "paused", "decided", "resumed",
+        "step_started", "step_completed", "completed",
+    ]
+
+
+def test_a_rejected_loan_finishes_rejected(
+    rt: Runtime, store: Store, published: list[tuple[str, int]]
+) -> None:
+    run = rt.start("loan", agent="loan_processor", task=RISKY)
+    drain(rt, published)
+    assert store.checkpoint(run.id).state["recommendation"] == "DECLINE"
+    rt.decide(run.id, approved=False, actor="bob", comment="too much debt")
+    drain(rt, published)
+    done = store.get_run(run.id)
+    assert done.result["outcome"] == "rejected" and done.result["comment"] == "too much debt"
+
+
+def test_the_same_message_twice_applies_once(
+    rt: Runtime, store: Store, published: list[tuple[str, int]]
+) -> None:
+    run = rt.start("noop", agent="loan_processor", input={"steps": 2, "message": "hi"})
+    first = rt.run_step(run.id, run.version, owner="w1")
+    before = table_counts(store)
+    second = rt.run_step(run.id, run.version, owner="w2")
+    assert first.outcome == "committed" and second.outcome == "stale"
+    assert table_counts(store) == before
+    drain(rt, published)
+    done = store.get_run(run.id)
+    assert done.status == COMPLETED and done.result == {"steps": 2}
+    assert [m.content for m in store.history(run.id)] == ["hi #1", "hi #2"]
+    kinds = [e.kind for e in store.events(run.id)]
+    assert kinds.count("step_completed") == 2
+
+
+def test_unknown_workflow_or_agent_stores_nothing(rt: Runtime, store: Store) -> None:
+    before = table_counts(store)
+    with pytest.raises(WorkflowNotFound, match="loan"):
+        rt.start("nope", agent="loan_processor")
+    with pytest.raises(AgentNotFound):
+        rt.start("loan", agent="ghost")
+    with pytest.raises(InvalidInput):
+        rt.start("loan", agent="loan_processor", input=[1, 2])  # type: ignore[arg-type]
+    assert table_counts(store) == before
+
+
+def test_idempotent_start_publishes_once(
+    rt: Runtime, published: list[tuple[str, int]]
+) -> None:
+    a = rt.start("noop", agent="loan_processor", idempotency_key="order-17")
+    b = rt.start("noop", agent="loan_processor", idempotency_key="order-17")
+    assert a.id == b.id and len(published) == 1
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[Registry, dict[str, Any]]]:
+    reg = Registry()
+    calls: dict[str, Any] = {"n": 0, "fail": 2}
+    wf = Workflow("flaky", registry=reg)
+
+    @wf.step(max_retries=3, retry_delay=2.0)
+    def work(ctx: StepContext) -> Outcome:
+        calls["n"] += 1
+        ctx.say("assistant", f"attempt {calls['n']}")
+        if calls["n"] <= calls["fail"]:
+            raise RuntimeError(f"boom {calls['n']}")
+        return End({"attempts": calls["n"], "key": ctx.idempotency_key})
+
+    yield reg, calls
+
+
+def test_failing_steps_retry_with_backoff_from_the_database(
+    store: Store, flaky: tuple[Registry, dict[str, Any]]
+) -> None:
+    reg, calls = flaky
+    clock = Clock()
+    store.clock = clock
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("flaky", agent="loan_processor")
+    drain(rt, published)
+    retrying = store.get_run(run.id)
+    assert retrying.status == QUEUED and retrying.attempt == 1 and published == []
+    clock.now += timedelta(seconds=1.9)
+    assert rt.sweep().republished == []
+    clock.now += timedelta(seconds=0.2)
+    assert len(rt.sweep().republished) == 1
+    drain(rt, published)
+    clock.now += timedelta(seconds=3.9)  # second backoff is 4 s
+    assert rt.sweep().republished == []
+    clock.now += timedelta(seconds=0.2)
+    rt.sweep()
+    drain(rt, published)
+    done = store.get_run(run.id)
+    assert done.status == COMPLETED and done.result["attempts"] == 3
+    # Every attempt saw the same idempotency key; failed attempts left no messages.
+    assert done.result["key"] == f"{run.id}:1"
+    assert [m.content for m in store.history(run.id)] == ["attempt 3"]
+    retried = [e for e in store.events(run.id) if e.kind == "retried"]
+    assert [e.data["delay"] for e in retried] == [2.0, 4.0]
+    assert "boom 1" in retried[0].data["error"]
+
+
+def test_a_step_that_keeps_failing_fails_the_run(
+    store: Store, flaky: tuple[Registry, dict[str, Any]]
+) -> None:
+    reg, calls = flaky
+    calls["fail"] = 100
+    clock = Clock()
+    store.clock = clock
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("flaky", agent="loan_processor")
+    for _ in range(6):
+        drain(rt, published)
+        clock.now += timedelta(seconds=60)
+        rt.sweep()
+    done = store.get_run(run.id)
+    assert done.status == FAILED and "boom 4" in (done.error or "")
+    assert calls["n"] == 4  # the first try and three retries
+    assert [e.kind for e in store.events(run.id)][-1] == "failed"
+
+
+def test_retry_exception_carries_its_delay(store: Store) -> None:
+    reg = Registry()
+    wf = Workflow("rate_limited", registry=reg)
+    seen: list[int] = []
+
+    @wf.step
+    def call(ctx: StepContext) -> Outcome:
+        seen.append(ctx.attempt)
+        if ctx.attempt == 0:
+            raise Retry("quota exhausted", delay=30)
+        return End("ok")
+
+    clock = Clock()
+    store.clock = clock
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("rate_limited", agent="loan_processor")
+    drain(rt, published)
+    clock.now += timedelta(seconds=29)
+    assert rt.sweep().republished == []
+    clock.now += timedelta(seconds=1)
+    rt.sweep()
+    drain(rt, published)
+    assert store.get_run(run.id).status == COMPLETED and seen == [0, 1]
+
+
+def test_a_bad_step_result_fails_the_run_with_a_clear_error(store: Store) -> None:
+    reg = Registry()
+    wf = Workflow("broken", registry=reg)
+
+    @wf.step
+    def first(ctx: StepContext) -> Outcome:
+        return Next("no_such_step")
+
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("broken", agent="loan_processor")
+    drain(rt, published)
+    done = store.get_run(run.id)
+    assert done.status == FAILED and "no step 'no_such_step'" in (done.error or "")
+
+
+def test_a_lost_publish_is_recovered_by_the_sweeper(store: Store) -> None:
+    clock = Clock()
+    store.clock = clock
+    sent: list[tuple[str, int]] = []
+    broken = {"on": True}
+
+    def publish(run_id: str, version: int) -> None:
+        if broken["on"]:
+            raise ConnectionError("broker down")
+        sent.append((run_id, version))
+
+    rt = Runtime(store, llm=ScriptedBackend(), publish=publish, redeliver_after=10)
+    run = rt.start("noop", agent="loan_processor")  # committed, publish failed
+    assert store.get_run(run.id).status == QUEUED and sent == []
+    broken["on"] = False
+    clock.now += timedelta(seconds=11)
+    rt.sweep()
+    assert len(sent) == 1
+    drain(rt, sent)
+    assert store.get_run(run.id).status == COMPLETED
+
+
+def test_timer_wait_holds_no_message_and_fires_from_the_sweeper(store: Store) -> None:
+    reg = Registry()
+    wf = Workflow("sleepy", registry=reg)
+
+    @wf.step
+    def nap(ctx: StepContext) -> Outcome:
+        return Wait.timer("wake", delay=timedelta(hours=2))
+
+    @wf.step
+    def wake(ctx: StepContext) -> Outcome:
+        assert ctx.resumed is not None and ctx.resumed.kind == "timer"
+        return End("rested")
+
+    clock = Clock()
+    store.clock = clock
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("sleepy", agent="loan_processor")
+    drain(rt, published)
+    assert store.get_run(run.id).status == WAITING and published == []
+    clock.now += timedelta(hours=2)
+    rt.sweep()
+    drain(rt, published)
+    assert store.get_run(run.id).result == "rested"
+
+
+def test_history_is_read_lazily(store: Store) -> None:
+    reg = Registry()
+    wf = Workflow("counter", registry=reg)
+    seen: list[int] = []
+
+    @wf.step
+    def talk(ctx: StepContext) -> Outcome:
+        seen.append(len(ctx.history))
+        ctx.say("assistant", "x" * 10)
+        if len(seen) < 5:
+            return Next("talk")
+        assert [m["content"] for m in ctx.history.tail(2)] == ["x" * 10] * 2
+        return End(len(ctx.history.all()))
+
+    published: list[tuple[str, int]] = []
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
+                 workflows=reg)
+    run = rt.start("counter", agent="loan_processor")
+    drain(rt, published)
+    assert seen == [0, 1, 2, 3, 4] and store.get_run(run.id).result == 4
+
+
+def test_registry_rejects_duplicates_and_names_known_workflows() -> None:
+    assert {"loan", "noop"} <= set(registry.names())
+    with pytest.raises(WorkflowNotFound, match="known workflows: .*loan"):
+        registry.get("nope")
