@@ -1,0 +1,181 @@
+"""Real worker processes for integration tests, on the embedded default or Postgres + Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistence.records import RunRecord
+from persistence.store import Store
+from tasks.jobs import forget_runtimes
+from tasks.runtime import Runtime
+from tests import services
+from worker.app import create_app, runtime
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """`pausepoint worker` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, name: str, beat: bool) -> None:
+        self.env, self.log, self.name, self.beat = env, log, name, beat
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "worker", "worker",
+                    "--concurrency", "2",
+                    "--hostname", f"{self.name}@%h",
+                    "--loglevel", "INFO",
+                    "--beat" if self.beat else "--no-beat",
+                ],
+                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.tail()}")
+            if b" ready." in self.log.read_bytes()[self._offset :]:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no warm shutdown, no acks, like a crash."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.kill()
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Cluster:
+    """A store, a broker, a producer runtime, and the worker processes of one test."""
+
+    name: str
+    env: dict[str, str]
+    tmp: Path
+    runtime: Runtime
+    workers: list[WorkerProcess] = field(default_factory=list)
+    app: Any = None
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    def worker(self, name: str = "w1", beat: bool = True) -> WorkerProcess:
+        w = WorkerProcess(self.env, self.tmp / f"{name}.log", name, beat)
+        self.workers.append(w)
+        return w.start()
+
+    def wait_for(
+        self,
+        run_ids: list[str],
+        predicate: Callable[[RunRecord], bool],
+        what: str,
+        timeout: float = 60.0,
+    ) -> list[RunRecord]:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = [self.store.get_run(r) for r in run_ids]
+            if all(predicate(r) for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {w.name}\n{w.tail()}" for w in self.workers)
+                states = [(r.id[:8], r.status, r.step, r.error) for r in runs]
+                pytest.fail(f"timed out waiting for {what}: {states}\n{logs}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(params=["embedded", "postgres_redis"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    with _backend(request.param, tmp_path) as (store_url, broker_url):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PAUSEPOINT_STORE_URL": store_url,
+            "PAUSEPOINT_BROKER_URL": broker_url,
+            "PAUSEPOINT_WORKFLOWS": "tasks.examples,tests.workflows",
+            "PAUSEPOINT_LLM": "scripted",
+            "PAUSEPOINT_SWEEP_INTERVAL": "0.5",
+            "PAUSEPOINT_REDELIVER_AFTER": "3",
+            "PAUSEPOINT_LEASE_SECONDS": "4",
+        }
+        settings = Settings(
+            store_url=store_url,
+            broker_url=broker_url,
+            workflows=["tasks.examples", "tests.workflows"],
+            redeliver_after=3,
+            lease_seconds=4,
+        )
+        app = create_app(settings)
+        c = Cluster(request.param, env, tmp_path, runtime(app), app=app)
+        c.store.save_agent("loan_processor", persona="I am a loan processing assistant.")
+        try:
+            yield c
+        finally:
+            for w in c.workers:
+                w.stop()
+            forget_runtimes()
+            app.close()
+
+
+class _backend:
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name, self.tmp = name, tmp
+        self._pg: Any = None
+        self._redis: Any = None
+
+    def __enter__(self) -> tuple[str, str]:
+        if self.name == "embedded":
+            return f"sqlite:///{self.tmp / 'store.db'}", f"sqla+sqlite:///{self.tmp / 'broker.db'}"
+        self._pg = services.pg_schema_url()
+        self._redis = services.redis_url()
+        store_url = self._pg.__enter__()
+        try:
+            broker_url = self._redis.__enter__()
+        except BaseException:
+            self._pg.__exit__(None, None, None)
+            raise
+        return store_url, broker_url
+
+    def __exit__(self, *exc: object) -> None:
+        if self._redis is not None:
+            self._redis.__exit__(None, None, None)
+        if self._pg is not None:
+            self._pg.__exit__(None, None, None)
