@@ -434,27 +434,39 @@ class Store:
         now = self.clock()
         lost_before = now - timedelta(seconds=redeliver_after)
         with self.read() as conn:
-            due = conn.execute(
-                select(runs.c.id)
-                .where(
-                    runs.c.status == QUEUED,
-                    runs.c.due_at <= now,
-                    or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
+            due = (
+                conn.execute(
+                    select(runs.c.id)
+                    .where(
+                        runs.c.status == QUEUED,
+                        runs.c.due_at <= now,
+                        or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
+                    )
+                    .order_by(runs.c.due_at)
+                    .limit(limit)
                 )
-                .order_by(runs.c.due_at)
-                .limit(limit)
-            ).scalars().all()
-            expired = conn.execute(
-                select(runs.c.id)
-                .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
-                .limit(limit)
-            ).scalars().all()
-            deadlines = conn.execute(
-                select(waits.c.id)
-                .where(waits.c.status == PENDING, waits.c.deadline <= now)
-                .order_by(waits.c.deadline)
-                .limit(limit)
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
+            expired = (
+                conn.execute(
+                    select(runs.c.id)
+                    .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            deadlines = (
+                conn.execute(
+                    select(waits.c.id)
+                    .where(waits.c.status == PENDING, waits.c.deadline <= now)
+                    .order_by(waits.c.deadline)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
         for run_id in due:
             self._sweep_due(run_id, lost_before, actor, report)
         for run_id in expired:
@@ -463,7 +475,9 @@ class Store:
             self._sweep_deadline(wait_id, actor, report)
         return report
 
-    def _sweep_due(self, run_id: str, lost_before: datetime, actor: str, report: SweepReport) -> None:
+    def _sweep_due(
+        self, run_id: str, lost_before: datetime, actor: str, report: SweepReport
+    ) -> None:
         with self.write() as conn:
             run = queries.find_run(conn, run_id)
             now = self.clock()
@@ -472,10 +486,17 @@ class Store:
             lost = run.published_at is not None
             if lost and run.published_at is not None and run.published_at > lost_before:
                 return
-            evts = [NewEvent("requeued", {"reason": "message lost", "step": run.step})] if lost else []
+            evts = (
+                [NewEvent("requeued", {"reason": "message lost", "step": run.step})] if lost else []
+            )
             new = self._apply(
-                conn, run, now=now, actor=actor, expect_status=(QUEUED,),
-                changes={"published_at": now}, events=evts,
+                conn,
+                run,
+                now=now,
+                actor=actor,
+                expect_status=(QUEUED,),
+                changes={"published_at": now},
+                events=evts,
             )
         report.republished.append((new.id, new.version))
 
@@ -495,17 +516,28 @@ class Store:
             if run.attempt + 1 >= max_attempts:
                 error = f"step {run.step!r} lost its worker {run.attempt + 1} times"
                 self._apply(
-                    conn, run, now=now, actor=actor, expect_status=(RUNNING,),
+                    conn,
+                    run,
+                    now=now,
+                    actor=actor,
+                    expect_status=(RUNNING,),
                     changes={**common, "status": FAILED, "error": error, "finished_at": now},
                     events=[NewEvent("lease_expired", info), NewEvent("failed", {"error": error})],
                 )
                 report.failed.append(run.id)
                 return
             new = self._apply(
-                conn, run, now=now, actor=actor, expect_status=(RUNNING,),
+                conn,
+                run,
+                now=now,
+                actor=actor,
+                expect_status=(RUNNING,),
                 changes={
-                    **common, "status": QUEUED, "attempt": run.attempt + 1,
-                    "due_at": now, "published_at": now,
+                    **common,
+                    "status": QUEUED,
+                    "attempt": run.attempt + 1,
+                    "due_at": now,
+                    "published_at": now,
                 },
                 events=[NewEvent("lease_expired", info)],
             )
@@ -529,7 +561,11 @@ class Store:
             if wait.kind == TIMER:
                 self._close_wait(conn, wait, FULFILLED, {"fired_at": now.isoformat()}, actor, now)
                 new = self._apply(
-                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    conn,
+                    run,
+                    now=now,
+                    actor=actor,
+                    expect_status=(WAITING,),
                     changes=_resume_changes(wait, now),
                     events=[NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id})],
                 )
@@ -541,7 +577,11 @@ class Store:
             if wait.on_timeout == "default":
                 self._close_wait(conn, wait, EXPIRED, wait.default_outcome, actor, now)
                 new = self._apply(
-                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    conn,
+                    run,
+                    now=now,
+                    actor=actor,
+                    expect_status=(WAITING,),
                     changes=_resume_changes(wait, now),
                     events=[expired, NewEvent("resumed", {"step": wait.resume_step})],
                 )
@@ -550,7 +590,11 @@ class Store:
                 self._close_wait(conn, wait, EXPIRED, None, actor, now)
                 error = f"{wait.kind} wait passed its deadline {wait.deadline.isoformat()}"
                 self._apply(
-                    conn, run, now=now, actor=actor, expect_status=(WAITING,),
+                    conn,
+                    run,
+                    now=now,
+                    actor=actor,
+                    expect_status=(WAITING,),
                     changes={"status": FAILED, "error": error, "finished_at": now, "step": None},
                     events=[expired, NewEvent("failed", {"error": error})],
                 )
@@ -563,12 +607,16 @@ class Store:
         """The agent's latest script session, created on first use."""
         with self.read() as conn:
             queries.get_agent(conn, agent_name)
-            row = conn.execute(
-                select(runs)
-                .where(runs.c.agent_name == agent_name, runs.c.workflow == SESSION_WORKFLOW)
-                .order_by(runs.c.created_at.desc())
-                .limit(1)
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    select(runs)
+                    .where(runs.c.agent_name == agent_name, runs.c.workflow == SESSION_WORKFLOW)
+                    .order_by(runs.c.created_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
         if row is not None:
             return RunRecord.from_row(row)
         run, _ = self.create_run(

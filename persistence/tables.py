@@ -13,12 +13,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    Dialect,
     JSON,
     BigInteger,
     Boolean,
     Column,
     DateTime,
+    Dialect,
     ForeignKey,
     Index,
     Integer,
@@ -174,7 +174,9 @@ Index("ix_events_created_at", events.c.created_at)
 waits = Table(
     "waits",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     # Checkpoint the run parked at; the resumed step reads the outcome of this wait.
     Column("seq", Integer, nullable=False),

@@ -43,14 +43,16 @@ def forget_runtimes() -> None:
     _runtimes.clear()
 
 
-@shared_task(name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no type hints
+    name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def run_step(self: Task, run_id: str, version: int) -> str:
     """Advance ``run_id`` by one step if it is still at ``version``."""
     report = runtime_for(self.app).run_step(run_id, version)
     return f"{report.outcome} {report.step or ''} -> {report.status or ''}".strip()
 
 
-@shared_task(name=SWEEP, bind=True, ignore_result=True)
+@shared_task(name=SWEEP, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def sweep(self: Task) -> dict[str, int]:
     """Re-send lost messages, recover expired leases, act on passed deadlines."""
     report = runtime_for(self.app).sweep()

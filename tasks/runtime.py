@@ -216,7 +216,11 @@ class Runtime:
         delay = retry_delay if retry_delay is not None else step.backoff(attempt) if step else 1.0
         log.warning(
             "run %s step %s attempt %d failed (%s); retry in %.1fs",
-            claim.run.id, claim.run.step, attempt + 1, error, delay,
+            claim.run.id,
+            claim.run.step,
+            attempt + 1,
+            error,
+            delay,
         )
         return Transition(
             status=QUEUED,
@@ -227,7 +231,12 @@ class Runtime:
             events=(
                 NewEvent(
                     "retried",
-                    {"step": claim.run.step, "attempt": attempt + 1, "error": error, "delay": delay},
+                    {
+                        "step": claim.run.step,
+                        "attempt": attempt + 1,
+                        "error": error,
+                        "delay": delay,
+                    },
                 ),
             ),
         )
@@ -245,11 +254,17 @@ def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:
     )
 
 
-def _transition(wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime) -> Transition:
+def _transition(
+    wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime
+) -> Transition:
     messages = tuple(ctx.new_messages)
     if isinstance(outcome, Next):
         return Transition(
-            status=QUEUED, state=ctx.state, step=outcome.step, messages=messages, delay=outcome.delay
+            status=QUEUED,
+            state=ctx.state,
+            step=outcome.step,
+            messages=messages,
+            delay=outcome.delay,
         )
     if isinstance(outcome, Wait):
         deadline = outcome.deadline
@@ -274,7 +289,9 @@ def _transition(wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now:
                 "deadline": deadline.isoformat() if deadline else None,
             },
         )
-        return Transition(status=WAITING, state=ctx.state, messages=messages, wait=spec, events=(paused,))
+        return Transition(
+            status=WAITING, state=ctx.state, messages=messages, wait=spec, events=(paused,)
+        )
     if outcome.failed:
         return Transition(
             status=FAILED,

@@ -68,7 +68,9 @@ class Wait:
         return cls(APPROVAL, then, prompt, group, timeout, None, on_timeout, default)
 
     @classmethod
-    def timer(cls, then: str, *, delay: timedelta | None = None, at: datetime | None = None) -> Wait:
+    def timer(
+        cls, then: str, *, delay: timedelta | None = None, at: datetime | None = None
+    ) -> Wait:
         """Sleep until ``at`` (or for ``delay``) without holding a worker."""
         if (delay is None) == (at is None):
             raise InvalidInput("a timer needs exactly one of delay= or at=")
@@ -203,7 +205,9 @@ class Registry:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise ConfigurationError(f"cannot import workflow module {module!r}: {exc}") from exc
+                raise ConfigurationError(
+                    f"cannot import workflow module {module!r}: {exc}"
+                ) from exc
 
 
 registry = Registry()

@@ -89,7 +89,9 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     beat: Annotated[
         bool | None,
-        typer.Option(help="Run beat (the sweeper) inside the worker. Default: on with the embedded broker."),
+        typer.Option(
+            help="Run beat (the sweeper) inside the worker. Default: on with the embedded broker."
+        ),
     ] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. w1@%h.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
@@ -152,7 +154,9 @@ def agent(
     persona: Annotated[str | None, typer.Option(help="Who the agent is.")] = None,
     instruction: Annotated[str | None, typer.Option(help="What it must always do.")] = None,
     strategy: Annotated[str | None, typer.Option(help="How it goes about its work.")] = None,
-    model: Annotated[str | None, typer.Option(help='Model settings as JSON, e.g. {"model": "x"}.')] = None,
+    model: Annotated[
+        str | None, typer.Option(help='Model settings as JSON, e.g. {"model": "x"}.')
+    ] = None,
 ) -> None:
     """Create an agent, or update the fields given."""
     settings_json = parse_json_object(model, "--model")
@@ -174,7 +178,13 @@ def agents() -> None:
     from worker.render import short
 
     for a in open_store().list_agents():
-        table.add_row(a.name, short(a.persona, 40), short(a.instruction, 40), short(a.strategy, 30), short(a.model, 30))
+        table.add_row(
+            a.name,
+            short(a.persona, 40),
+            short(a.instruction, 40),
+            short(a.strategy, 30),
+            short(a.model, 30),
+        )
     console.print(table)
 
 
@@ -199,7 +209,9 @@ def start(
     workflow: Annotated[str, typer.Argument(help="Workflow name (see `pausepoint workflows`).")],
     agent: Annotated[str, typer.Option("--agent", help="The agent that runs it.")],
     task: Annotated[str, typer.Option("--task", help="What to do.")] = "",
-    input: Annotated[str | None, typer.Option("--input", help="Run input as a JSON object.")] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Run input as a JSON object.")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Same key, same run: safe to retry.")
     ] = None,
@@ -304,7 +316,9 @@ def approve(
     run_id: Annotated[str, typer.Argument(help="The waiting run's id.")],
     comment: Annotated[str, typer.Option(help="Why.")] = "",
     by: Annotated[str | None, typer.Option(help="Who decides (default: cli:$USER).")] = None,
-    data: Annotated[str | None, typer.Option(help="Edited input for the next step, as JSON.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Edited input for the next step, as JSON.")
+    ] = None,
 ) -> None:
     """Approve a run that waits for approval; its next step is queued."""
     _decide(run_id, True, comment, by, data)

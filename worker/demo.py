@@ -157,10 +157,26 @@ def _script(
     started: float,
 ) -> int:
     apps = APPLICATIONS[:count] if count <= len(APPLICATIONS) else APPLICATIONS
-    console.print(Rule("[bold]Pausepoint demo[/]: loan applications, a human in the loop, a worker restart"))
-    console.print(f"store and broker: SQLite files in {Path(env['PAUSEPOINT_STORE_URL'][10:]).parent}")
-    _cli(env, "agent", AGENT, "--persona", PERSONA, "--instruction", INSTRUCTION, "--strategy", STRATEGY)
-    console.print(f"1. agent [bold]{AGENT}[/] created; starting a worker (2 processes, embedded beat)")
+    console.print(
+        Rule("[bold]Pausepoint demo[/]: loan applications, a human in the loop, a worker restart")
+    )
+    console.print(
+        f"store and broker: SQLite files in {Path(env['PAUSEPOINT_STORE_URL'][10:]).parent}"
+    )
+    _cli(
+        env,
+        "agent",
+        AGENT,
+        "--persona",
+        PERSONA,
+        "--instruction",
+        INSTRUCTION,
+        "--strategy",
+        STRATEGY,
+    )
+    console.print(
+        f"1. agent [bold]{AGENT}[/] created; starting a worker (2 processes, embedded beat)"
+    )
     worker.start()
 
     ids = []
@@ -173,7 +189,9 @@ def _script(
             actor="demo",
         )
         ids.append(run.id)
-    console.print(f"2. {len(ids)} applications queued for one agent; each assesses, then waits for a person")
+    console.print(
+        f"2. {len(ids)} applications queued for one agent; each assesses, then waits for a person"
+    )
     _watch(console, store, ids, lambda rs: all(r.status == WAITING for r in rs), "Assessing…")
 
     first = ids[0]
@@ -181,12 +199,14 @@ def _script(
     _cli(env, "approve", first, "--by", "alice@underwriting", "--comment", "Solid income, low debt")
     _watch(console, store, ids, lambda rs: rs[0].status in FINISHED, "Resuming the approved run…")
 
-    console.print("4. [bold red]the worker is stopped[/] while the other runs wait (a wait holds no worker)")
+    console.print(
+        "4. [bold red]the worker is stopped[/] while the other runs wait (a wait holds no worker)"
+    )
     worker.stop()
     assert not worker.alive
     console.print("5. decisions arrive while no worker runs: they are stored and queued")
     expected = {first: "approved"}
-    for run_id, (name, *_, approve) in list(zip(ids, apps))[1:]:
+    for run_id, (name, *_, approve) in list(zip(ids, apps, strict=True))[1:]:
         if approve:
             _cli(env, "approve", run_id, "--by", "bob@underwriting", "--comment", f"OK for {name}")
         else:
@@ -213,9 +233,9 @@ def _script(
     console.print(Rule(f"Audit trail of run {shown}"))
     console.print(events_table(store.events(shown)))
     elapsed = time.monotonic() - started
+    verdict = "[green]all runs finished with their own outcome[/]" if ok else "[red]unexpected[/]"
     console.print(
-        f"{'[green]all runs finished with their own outcome[/]' if ok else '[red]unexpected outcome[/]'}"
-        f" in {elapsed:.0f}s; no worker process left. Try: `pausepoint show {shown}` with "
+        f"{verdict} in {elapsed:.0f}s; no worker process left. Try: `pausepoint show {shown}` with "
         f"PAUSEPOINT_STORE_URL={env['PAUSEPOINT_STORE_URL']}"
     )
     return 0 if ok else 1

@@ -112,7 +112,9 @@ def waits_table(waits: Sequence[WaitRecord]) -> Table:
     for w in waits:
         outcome = ""
         if isinstance(w.outcome, dict) and "decision" in w.outcome:
-            outcome = w.outcome["decision"] + (f": {w.outcome['comment']}" if w.outcome.get("comment") else "")
+            outcome = w.outcome["decision"] + (
+                f": {w.outcome['comment']}" if w.outcome.get("comment") else ""
+            )
         elif w.outcome is not None:
             outcome = short(w.outcome, 30)
         table.add_row(
@@ -135,13 +137,20 @@ def events_table(events: Sequence[Event], title: str = "Audit trail") -> Table:
     table.add_column("actor")
     table.add_column("details")
     for e in events:
-        table.add_row(str(e.n), when(e.created_at), Text(e.kind, style="bold"), e.actor, _details(e))
+        table.add_row(
+            str(e.n), when(e.created_at), Text(e.kind, style="bold"), e.actor, _details(e)
+        )
     return table
 
 
 def _details(e: Event) -> str:
     d = {k: v for k, v in e.data.items() if v not in (None, "", [], {}) and k != "traceback"}
-    return short(" ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in d.items()), 90)
+    return short(
+        " ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in d.items()
+        ),
+        90,
+    )
 
 
 def run_panel(

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
         description="Modules to import for workflows, comma-separated.",
     )
     llm: Literal["scripted", "openai"] = Field(
-        "scripted", description="LLM backend: deterministic 'scripted', or an 'openai'-compatible API."
+        "scripted",
+        description="LLM backend: deterministic 'scripted', or an 'openai'-compatible API.",
     )
     llm_base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. .../v1.")
     llm_api_key: SecretStr | None = Field(None, description="API key for the LLM backend.")

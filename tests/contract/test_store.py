@@ -89,8 +89,12 @@ def park(store: Store, run: Any, **wait: Any) -> Any:
     return store.commit_step(
         claim,
         "w1",
-        Transition(status=WAITING, state={"parked": True}, wait=spec,
-                   messages=(NewMessage("assistant", "please approve"),)),
+        Transition(
+            status=WAITING,
+            state={"parked": True},
+            wait=spec,
+            messages=(NewMessage("assistant", "please approve"),),
+        ),
     )
 
 
@@ -198,7 +202,7 @@ def test_commit_by_a_worker_that_lost_its_lease_is_refused(store: Store, clock: 
     clock.advance(11)
     report = store.sweep(redeliver_after=30)
     assert report.lease_expired == [run.id]
-    (rid, version), = report.republished
+    ((rid, version),) = report.republished
     claim2 = store.claim(rid, version, "w2")
     assert claim2 is not None
     with pytest.raises(StaleVersion):
@@ -233,9 +237,14 @@ def test_message_writes_do_not_copy_the_history(store: Store) -> None:
         claim = store.claim(run.id, run.version, "w1")
         assert claim is not None
         run = store.commit_step(
-            claim, "w1",
-            Transition(status=QUEUED, step="one", state={"i": i},
-                       messages=(NewMessage("assistant", f"m{i}"),)),
+            claim,
+            "w1",
+            Transition(
+                status=QUEUED,
+                step="one",
+                state={"i": i},
+                messages=(NewMessage("assistant", f"m{i}"),),
+            ),
         )
         c = counts(store, run.id)
         assert c["messages"] == i + 1 and c["checkpoints"] == i + 2
@@ -313,14 +322,15 @@ def test_delayed_retry_is_published_by_the_sweeper_when_due(store: Store, clock:
     claim = store.claim(run.id, run.version, "w1")
     assert claim is not None
     retry = store.commit_step(
-        claim, "w1",
+        claim,
+        "w1",
         Transition(status=QUEUED, step="one", state={}, retry=True, delay=10),
     )
     assert retry.attempt == 1 and retry.published_at is None
     assert store.claim(run.id, retry.version, "w1") is None  # not due yet
     assert store.sweep(redeliver_after=30).republished == []
     clock.advance(10)
-    (rid, version), = store.sweep(redeliver_after=30).republished
+    ((rid, version),) = store.sweep(redeliver_after=30).republished
     assert store.claim(rid, version, "w1") is not None
     assert counts(store, run.id)["checkpoints"] == 1  # a retry writes no checkpoint
 
@@ -343,8 +353,10 @@ def test_worker_lost_too_often_fails_the_run(store: Store, clock: Clock) -> None
 @pytest.mark.parametrize("on_timeout", ["fail", "default"])
 def test_deadline_outcome_happens_once(store: Store, clock: Clock, on_timeout: str) -> None:
     run = park(
-        store, new_run(store),
-        deadline=clock.now + timedelta(hours=1), on_timeout=on_timeout,
+        store,
+        new_run(store),
+        deadline=clock.now + timedelta(hours=1),
+        on_timeout=on_timeout,
         default_outcome={"approved": False, "decision": "expired"},
     )
     clock.advance(3599)
@@ -371,7 +383,7 @@ def test_timer_fires_at_its_deadline(store: Store, clock: Clock) -> None:
     clock.advance(299)
     assert store.sweep(redeliver_after=30).republished == []
     clock.advance(1)
-    (rid, version), = store.sweep(redeliver_after=30).republished
+    ((rid, _),) = store.sweep(redeliver_after=30).republished
     assert rid == run.id and store.get_run(run.id).step == "two"
     (wait,) = store.waits(run.id)
     assert wait.status == FULFILLED
@@ -397,9 +409,11 @@ def test_two_runs_of_one_agent_keep_separate_state(store: Store) -> None:
         claim = store.claim(run.id, run.version, "w")
         assert claim is not None
         store.commit_step(
-            claim, "w",
-            Transition(status=COMPLETED, state={"who": text},
-                       messages=(NewMessage("assistant", text),)),
+            claim,
+            "w",
+            Transition(
+                status=COMPLETED, state={"who": text}, messages=(NewMessage("assistant", text),)
+            ),
         )
     assert [m.content for m in store.history(a.id)] == ["for a"]
     assert [m.content for m in store.history(b.id)] == ["for b"]
@@ -412,7 +426,11 @@ def test_session_saves_are_compare_and_swap(store: Store) -> None:
     session = store.open_session("alice", "script")
     assert store.open_session("alice", "script").id == session.id
     saved = store.save_session(
-        session, actor="s", status="paused", task="t", state={"x": 1},
+        session,
+        actor="s",
+        status="paused",
+        task="t",
+        state={"x": 1},
         messages=[NewMessage("user", "u")],
     )
     with pytest.raises(StaleVersion):

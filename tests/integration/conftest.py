@@ -38,13 +38,22 @@ class WorkerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "worker", "worker",
-                    "--concurrency", "2",
-                    "--hostname", f"{self.name}@%h",
-                    "--loglevel", "INFO",
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "worker",
+                    "--concurrency",
+                    "2",
+                    "--hostname",
+                    f"{self.name}@%h",
+                    "--loglevel",
+                    "INFO",
                     "--beat" if self.beat else "--no-beat",
                 ],
-                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

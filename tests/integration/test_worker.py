@@ -1,4 +1,4 @@
-"""Runs on real `pausepoint worker` processes: SQLite store + SQLite broker, and Postgres + Redis."""
+"""Runs on real `pausepoint worker` processes: SQLite store + broker, and Postgres + Redis."""
 
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ def kinds(cluster: Cluster, run_id: str) -> list[str]:
 def test_loan_runs_of_one_agent_finish_with_their_own_outcomes(cluster: Cluster) -> None:
     cluster.worker("w1")
     ids = [
-        cluster.runtime.start("loan", agent="loan_processor", task=f"Loan application from {who}: {nums}").id
+        cluster.runtime.start(
+            "loan", agent="loan_processor", task=f"Loan application from {who}: {nums}"
+        ).id
         for who, nums, _ in LOANS
     ]
     cluster.wait_for(ids, lambda r: r.status == WAITING, "every run to park for approval")
-    for run_id, (_, _, approve) in zip(ids, LOANS):
+    for run_id, (_, _, approve) in zip(ids, LOANS, strict=True):
         cluster.runtime.decide(run_id, approved=approve, actor="underwriter", comment="checked")
     runs = cluster.wait_for(ids, lambda r: r.status in FINISHED, "every run to finish")
-    for run, (who, _, approve) in zip(runs, LOANS):
+    for run, (who, _, approve) in zip(runs, LOANS, strict=True):
         assert run.status == COMPLETED
         assert run.result["outcome"] == ("approved" if approve else "rejected")
         history = cluster.store.history(run.id)
@@ -49,7 +51,9 @@ def test_loan_runs_of_one_agent_finish_with_their_own_outcomes(cluster: Cluster)
 
 def test_a_paused_run_survives_a_killed_worker(cluster: Cluster) -> None:
     w1 = cluster.worker("w1")
-    run = cluster.runtime.start("loan", agent="loan_processor", task="Loan: amount 10000, income 80000, debt 0")
+    run = cluster.runtime.start(
+        "loan", agent="loan_processor", task="Loan: amount 10000, income 80000, debt 0"
+    )
     cluster.wait_for([run.id], lambda r: r.status == WAITING, "the run to park")
     before = [m.content for m in cluster.store.history(run.id)]
     parked_seq = cluster.store.get_run(run.id).seq
@@ -73,7 +77,9 @@ def test_a_paused_run_survives_a_killed_worker(cluster: Cluster) -> None:
 
 def test_a_worker_killed_mid_step_is_recovered_and_the_step_applies_once(cluster: Cluster) -> None:
     w1 = cluster.worker("w1")
-    run = cluster.runtime.start("slow", agent="loan_processor", task="the report", input={"sleep": 30})
+    run = cluster.runtime.start(
+        "slow", agent="loan_processor", task="the report", input={"sleep": 30}
+    )
     cluster.wait_for([run.id], lambda r: r.status == RUNNING, "the step to start")
     w1.kill()
     # A new worker's sweeper finds the expired lease (4 s) and queues the step again.
@@ -99,7 +105,9 @@ def test_duplicate_deliveries_to_two_workers_apply_once(cluster: Cluster) -> Non
         task.apply_async((run.id, run.version))
     (done,) = cluster.wait_for([run.id], lambda r: r.status in FINISHED, "the run to finish")
     assert done.status == COMPLETED and done.result == {"steps": steps}
-    assert [m.content for m in cluster.store.history(run.id)] == [f"tick #{i}" for i in range(1, steps + 1)]
+    assert [m.content for m in cluster.store.history(run.id)] == [
+        f"tick #{i}" for i in range(1, steps + 1)
+    ]
     with cluster.store.read() as conn:
         n_checkpoints = conn.execute(
             select(func.count()).select_from(checkpoints).where(checkpoints.c.run_id == run.id)
@@ -123,5 +131,7 @@ def test_many_runs_of_one_agent_at_once_keep_separate_histories(cluster: Cluster
     ]
     cluster.wait_for(ids, lambda r: r.status in FINISHED, "all runs to finish")
     for i, run_id in enumerate(ids):
-        assert [m.content for m in cluster.store.history(run_id)] == [f"run{i} #{n}" for n in range(1, 6)]
+        assert [m.content for m in cluster.store.history(run_id)] == [
+            f"run{i} #{n}" for n in range(1, 6)
+        ]
         assert cluster.store.checkpoint(run_id).state == {"done": 5}

@@ -97,8 +97,15 @@ def test_loan_runs_assess_park_and_finish_when_approved(
     assert any("RECOMMENDATION" in m["content"] for m in llm.calls[1])
     kinds = [e.kind for e in store.events(run.id)]
     assert kinds == [
-        "created", "step_started", "step_completed", "paused", "decided", "resumed",
-        "step_started", "step_completed", "completed",
+        "created",
+        "step_started",
+        "step_completed",
+        "paused",
+        "decided",
+        "resumed",
+        "step_started",
+        "step_completed",
+        "completed",
     ]
 
 
@@ -142,9 +149,7 @@ def test_unknown_workflow_or_agent_stores_nothing(rt: Runtime, store: Store) -> 
     assert table_counts(store) == before
 
 
-def test_idempotent_start_publishes_once(
-    rt: Runtime, published: list[tuple[str, int]]
-) -> None:
+def test_idempotent_start_publishes_once(rt: Runtime, published: list[tuple[str, int]]) -> None:
     a = rt.start("noop", agent="loan_processor", idempotency_key="order-17")
     b = rt.start("noop", agent="loan_processor", idempotency_key="order-17")
     assert a.id == b.id and len(published) == 1
@@ -170,12 +175,13 @@ def flaky() -> Iterator[tuple[Registry, dict[str, Any]]]:
 def test_failing_steps_retry_with_backoff_from_the_database(
     store: Store, flaky: tuple[Registry, dict[str, Any]]
 ) -> None:
-    reg, calls = flaky
+    reg, _ = flaky
     clock = Clock()
     store.clock = clock
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("flaky", agent="loan_processor")
     drain(rt, published)
     retrying = store.get_run(run.id)
@@ -208,8 +214,9 @@ def test_a_step_that_keeps_failing_fails_the_run(
     clock = Clock()
     store.clock = clock
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("flaky", agent="loan_processor")
     for _ in range(6):
         drain(rt, published)
@@ -236,8 +243,9 @@ def test_retry_exception_carries_its_delay(store: Store) -> None:
     clock = Clock()
     store.clock = clock
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("rate_limited", agent="loan_processor")
     drain(rt, published)
     clock.now += timedelta(seconds=29)
@@ -257,8 +265,9 @@ def test_a_bad_step_result_fails_the_run_with_a_clear_error(store: Store) -> Non
         return Next("no_such_step")
 
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("broken", agent="loan_processor")
     drain(rt, published)
     done = store.get_run(run.id)
@@ -303,8 +312,9 @@ def test_timer_wait_holds_no_message_and_fires_from_the_sweeper(store: Store) ->
     clock = Clock()
     store.clock = clock
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("sleepy", agent="loan_processor")
     drain(rt, published)
     assert store.get_run(run.id).status == WAITING and published == []
@@ -329,8 +339,9 @@ def test_history_is_read_lazily(store: Store) -> None:
         return End(len(ctx.history.all()))
 
     published: list[tuple[str, int]] = []
-    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)),
-                 workflows=reg)
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
     run = rt.start("counter", agent="loan_processor")
     drain(rt, published)
     assert seen == [0, 1, 2, 3, 4] and store.get_run(run.id).result == 4
@@ -338,5 +349,5 @@ def test_history_is_read_lazily(store: Store) -> None:
 
 def test_registry_rejects_duplicates_and_names_known_workflows() -> None:
     assert {"loan", "noop"} <= set(registry.names())
-    with pytest.raises(WorkflowNotFound, match="known workflows: .*loan"):
+    with pytest.raises(WorkflowNotFound, match=r"known workflows: .*loan"):
         registry.get("nope")
