@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -436,3 +437,26 @@ def test_session_saves_are_compare_and_swap(store: Store) -> None:
     with pytest.raises(StaleVersion):
         store.save_session(session, actor="s", status="active", task="t", state={})
     assert store.get_run(session.id) == saved
+
+
+def test_sqlite_connections_are_hardened(sqlite_url: str) -> None:
+    s = Store.from_url(sqlite_url)
+    try:
+        with s.engine.connect() as conn:
+            pragmas = {
+                p: conn.exec_driver_sql(f"PRAGMA {p}").scalar()
+                for p in ("journal_mode", "busy_timeout", "foreign_keys")
+            }
+        assert pragmas == {"journal_mode": "wal", "busy_timeout": 30000, "foreign_keys": 1}
+        # Writers take the write lock at BEGIN, so two processes cannot both read a
+        # version and then deadlock upgrading: a second writer waits at BEGIN.
+        with s.write():
+            other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0)
+            other.isolation_level = None
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+    finally:
+        s.close()

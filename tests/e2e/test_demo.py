@@ -19,9 +19,10 @@ def worker_processes(marker: str) -> list[str]:
 
 @pytest.mark.integration
 def test_demo_finishes_every_run_and_leaves_no_process(tmp_path: Path) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PAUSEPOINT_")
-    } | {"PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSEPOINT_")} | {
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "120",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--dir", str(tmp_path / "demo")],
         cwd=tmp_path,

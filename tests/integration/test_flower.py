@@ -30,9 +30,21 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
     env = cluster.env | {"FLOWER_UNAUTHENTICATED_API": "true"}
     log = (cluster.tmp / "flower.log").open("wb")
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "--app", "worker.main", "flower",
-         f"--port={port}", "--address=127.0.0.1"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "worker.main",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -52,7 +64,8 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
         while True:
             tasks = httpx.get(f"{base}/api/tasks", timeout=5).json()
             ours = [
-                t for t in tasks.values()
+                t
+                for t in tasks.values()
                 if t["name"] == "pausepoint.run_step" and run.id in str(t["args"])
             ]
             if len([t for t in ours if t["state"] == "SUCCESS"]) >= 3:
