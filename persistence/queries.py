@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, func, select
 
-from persistence.errors import AgentNotFound, NotFound, RunNotFound
+from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
 from persistence.records import (
     PENDING,
+    SESSION_WORKFLOW,
     AgentRecord,
     Checkpoint,
     Event,
@@ -42,6 +43,27 @@ def get_run(conn: Connection, run_id: str, *, for_update: bool = False) -> RunRe
     return RunRecord.from_row(row)
 
 
+def resolve_run_id(conn: Connection, prefix: str) -> str:
+    """The one run id starting with ``prefix`` (at least 6 characters), as people type them."""
+    prefix = prefix.strip().lower()
+    if len(prefix) < 6 or any(c not in "0123456789abcdef" for c in prefix):
+        raise RunNotFound(prefix)
+    if len(prefix) == 32:
+        return prefix
+    ids = (
+        conn.execute(
+            select(runs.c.id).where(runs.c.id.startswith(prefix, autoescape=True)).limit(2)
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        raise RunNotFound(prefix)
+    if len(ids) > 1:
+        raise InvalidInput(f"run id prefix {prefix!r} is ambiguous; give more characters")
+    return str(ids[0])
+
+
 def find_run(conn: Connection, run_id: str) -> RunRecord | None:
     row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
     return RunRecord.from_row(row) if row is not None else None
@@ -70,6 +92,8 @@ def list_runs(
         query = query.where(runs.c.agent_name == agent)
     if workflow is not None:
         query = query.where(runs.c.workflow == workflow)
+    if not include_sessions:
+        query = query.where(runs.c.workflow != SESSION_WORKFLOW)
     return [RunRecord.from_row(r) for r in conn.execute(query).mappings()]
 
 

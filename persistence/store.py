@@ -195,6 +195,7 @@ class Store:
                 if idempotency_key is not None:
                     existing = queries.run_by_idempotency_key(conn, idempotency_key)
                     if existing is not None:
+                        _same_request(existing, agent_name, workflow, task, input)
                         return existing, False
                 queries.get_agent(conn, agent_name)
                 now = self.clock()
@@ -254,6 +255,7 @@ class Store:
                 existing = queries.run_by_idempotency_key(conn, idempotency_key)
             if existing is None:
                 raise
+            _same_request(existing, agent_name, workflow, task, input)
             return existing, False
 
     # -------------------------------------------------------------- a step
@@ -603,19 +605,23 @@ class Store:
 
     # ----------------------------------------------- the seed API's sessions
 
-    def open_session(self, agent_name: str, actor: str) -> RunRecord:
-        """The agent's latest script session, created on first use."""
+    def open_session(self, agent_name: str, actor: str, *, fresh: bool = False) -> RunRecord:
+        """The agent's latest script session, created on first use (or when ``fresh``)."""
         with self.read() as conn:
             queries.get_agent(conn, agent_name)
             row = (
-                conn.execute(
-                    select(runs)
-                    .where(runs.c.agent_name == agent_name, runs.c.workflow == SESSION_WORKFLOW)
-                    .order_by(runs.c.created_at.desc())
-                    .limit(1)
+                None
+                if fresh
+                else (
+                    conn.execute(
+                        select(runs)
+                        .where(runs.c.agent_name == agent_name, runs.c.workflow == SESSION_WORKFLOW)
+                        .order_by(runs.c.created_at.desc())
+                        .limit(1)
+                    )
+                    .mappings()
+                    .first()
                 )
-                .mappings()
-                .first()
             )
         if row is not None:
             return RunRecord.from_row(row)
@@ -772,6 +778,10 @@ class Store:
         with self.read() as conn:
             return queries.get_run(conn, run_id)
 
+    def resolve_run_id(self, prefix: str) -> str:
+        with self.read() as conn:
+            return queries.resolve_run_id(conn, prefix)
+
     def list_runs(self, **filters: Any) -> list[RunRecord]:
         with self.read() as conn:
             return queries.list_runs(conn, **filters)
@@ -803,6 +813,17 @@ class Store:
     def resumed_wait(self, run: RunRecord) -> WaitRecord | None:
         with self.read() as conn:
             return queries.resumed_wait(conn, run)
+
+
+def _same_request(
+    run: RunRecord, agent_name: str, workflow: str, task: str, input: dict[str, Any]
+) -> None:
+    """A reused idempotency key must come with the same request, or it is a mistake."""
+    if (run.agent_name, run.workflow, run.task, run.input) != (agent_name, workflow, task, input):
+        raise Conflict(
+            f"idempotency key {run.idempotency_key!r} was used for a different request "
+            f"(run {run.id}); use a new key"
+        )
 
 
 def _resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:

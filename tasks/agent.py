@@ -73,6 +73,7 @@ class Agent:
         self._saved_len = 0
         self._paused = False
         self._session: RunRecord | None = None
+        self._fresh_session = False
         self._persistence.load_agent_state(self)
 
     # The configuration, as in the seed article.
@@ -156,7 +157,10 @@ class Agent:
             self._session = session
             self._saved_len = len(self._history)
         else:
-            # Adopted from another agent: all of it is new to this agent's session.
+            # Adopted from another agent: it becomes a new session of this agent, so that
+            # what is saved is exactly what is in memory.
+            self._session = None
+            self._fresh_session = True
             self._saved_len = 0
         return True
 
@@ -182,7 +186,8 @@ class Agent:
             model=self._model,
         )
         if self._session is None:
-            self._session = store.open_session(self._name, _actor())
+            self._session = store.open_session(self._name, _actor(), fresh=self._fresh_session)
+            self._fresh_session = False
         new = [NewMessage(m["role"], m["content"]) for m in self._history[self._saved_len :]]
         # StaleVersion here means another process saved this agent since we loaded it.
         self._session = store.save_session(

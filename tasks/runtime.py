@@ -149,9 +149,15 @@ class Runtime:
     def _send(self, run_id: str, version: int) -> None:
         try:
             self._publish(run_id, version)
-        except Exception:
+        except Exception as exc:
             # Committed already: the sweeper re-sends after redeliver_after.
-            log.exception("could not publish run %s v%d; the sweeper will retry", run_id, version)
+            log.warning(
+                "could not publish run %s v%d (%s: %s); the sweeper will re-send it",
+                run_id,
+                version,
+                type(exc).__name__,
+                exc,
+            )
 
     # --------------------------------------------------------------- a step
 

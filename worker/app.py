@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 
+from persistence.errors import ConfigurationError
 from persistence.store import Store
 from tasks import jobs
 from tasks.llm import build_backend
@@ -18,6 +19,7 @@ from worker.settings import Settings
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app wired to the store and broker that ``settings`` name."""
     settings = settings or Settings()
+    check_broker_url(settings.broker_url)
     registry.load(settings.workflows)
     app = Celery("pausepoint", broker=settings.broker_url, set_as_current=True)
     transport_options: dict[str, Any] = {}
@@ -49,6 +51,19 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     # tasks.jobs is imported above, so its shared tasks bind to this app when it finalizes.
     return app
+
+
+def check_broker_url(url: str) -> None:
+    """Fail before anything is written when kombu cannot even name the broker's transport."""
+    from kombu.connection import Connection
+
+    try:
+        Connection(url).get_transport_cls()  # type: ignore[no-untyped-call]
+    except (KeyError, ValueError, ImportError) as exc:
+        raise ConfigurationError(
+            f"unusable broker URL {url!r} ({exc}); use sqla+sqlite:///file.db, redis://host:6379/0 "
+            "or amqp://user:pass@host//"
+        ) from None
 
 
 def _tune_sqla_transport(poll_interval: float) -> None:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from persistence.errors import InvalidInput, PausepointError
@@ -32,6 +34,8 @@ db_cli = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is
 cli.add_typer(db_cli, name="db")
 
 console = Console()
+# Below this many columns, `runs` shows short run ids (commands take unique prefixes).
+WIDE = 150
 err = Console(stderr=True)
 
 
@@ -43,14 +47,24 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except PausepointError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            fail(str(exc))
         except DBOperationalError as exc:
-            err.print(f"[bold red]error:[/] cannot use the store: {exc.orig}", highlight=False)
-        except ValueError as exc:
-            err.print(f"[bold red]error:[/] bad settings: {exc}", highlight=False)
+            fail(f"cannot use the store: {exc.orig}")
+        except ValidationError as exc:
+            fail("bad settings: " + "; ".join(_setting_error(e) for e in exc.errors()))
         raise typer.Exit(1)
 
     return wrapper
+
+
+def fail(message: str) -> None:
+    """One line on stderr, printed as is: user text is never read as markup."""
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True, highlight=False)
+
+
+def _setting_error(error: Any) -> str:
+    name = "PAUSEPOINT_" + "_".join(str(p) for p in error["loc"]).upper()
+    return f"{name}: {error['msg']}"
 
 
 def settings() -> Settings:
@@ -163,7 +177,7 @@ def agent(
     record = open_store().save_agent(
         name, persona=persona, instruction=instruction, strategy=strategy, model=settings_json
     )
-    console.print(f"agent [bold]{record.name}[/] saved")
+    console.print(Text.assemble("agent ", (record.name, "bold"), " saved"))
 
 
 @cli.command()
@@ -179,11 +193,11 @@ def agents() -> None:
 
     for a in open_store().list_agents():
         table.add_row(
-            a.name,
-            short(a.persona, 40),
-            short(a.instruction, 40),
-            short(a.strategy, 30),
-            short(a.model, 30),
+            Text(a.name),
+            Text(short(a.persona, 40)),
+            Text(short(a.instruction, 40)),
+            Text(short(a.strategy, 30)),
+            Text(short(a.model, 30)),
         )
     console.print(table)
 
@@ -197,7 +211,9 @@ def workflows() -> None:
     registry.load(settings().workflows)
     for name in registry.names():
         wf = registry.get(name)
-        console.print(f"[bold]{name}[/]: {wf.description}  (steps: {', '.join(wf.steps)})")
+        console.print(
+            Text.assemble((name, "bold"), f": {wf.description}  (steps: {', '.join(wf.steps)})")
+        )
 
 
 # --------------------------------------------------------------------- runs
@@ -252,7 +268,7 @@ def runs(
         for run in found:
             print(json.dumps(_run_json(run)))
         return
-    console.print(runs_table(found))
+    console.print(runs_table(found, compact=console.width < WIDE))
 
 
 def _run_json(run: Any) -> dict[str, Any]:
@@ -271,6 +287,7 @@ def show(
     from worker.render import run_panel
 
     store = open_store()
+    run_id = store.resolve_run_id(run_id)
     run = store.get_run(run_id)
     checkpoint = store.checkpoint(run_id)
     history = store.history(run_id, stop=run.history_len)
@@ -303,11 +320,16 @@ def _decide(run_id: str, approved: bool, comment: str, by: str | None, data: str
 
     payload = parse_json_object(data, "--data")
     rt = runtime(create_app(settings()))
+    run_id = rt.store.resolve_run_id(run_id)
     run = rt.decide(
         run_id, approved=approved, actor=by or default_actor(), comment=comment, data=payload
     )
     verb = "approved" if approved else "rejected"
-    console.print(f"run [bold]{run.id}[/] {verb}; it resumes at step [bold]{run.step}[/]")
+    console.print(
+        Text.assemble(
+            "run ", (run.id, "bold"), f" {verb}; it resumes at step ", (run.step or "", "bold")
+        )
+    )
 
 
 @cli.command()

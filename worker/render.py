@@ -26,6 +26,10 @@ STATUS_STYLE = {
 }
 
 
+# Run ids shown in narrow tables; every command accepts a unique prefix this long.
+SHORT_ID = 12
+
+
 def status(value: str) -> Text:
     return Text(value, style=STATUS_STYLE.get(value, ""))
 
@@ -66,30 +70,43 @@ def outcome_of(run: RunRecord) -> str:
 
 
 def runs_table(runs: Sequence[RunRecord], title: str = "Runs", compact: bool = False) -> Table:
-    """A table of runs; ``compact`` drops agent and workflow and shortens ids for narrow screens."""
+    """A table of runs; ``compact`` fits 80 columns: short ids (commands take unique prefixes),
+    and one column that shows the outcome once there is one, the task before."""
     table = Table(title=title, header_style="bold")
     table.add_column("run", no_wrap=True)
-    if not compact:
-        table.add_column("agent")
-        table.add_column("workflow")
+    names = [len(r.agent_name) for r in runs] + [len(r.workflow) for r in runs] + [5]
+    # Names are what people look for: never squeezed to nothing.
+    table.add_column("agent", min_width=min(max(names), 20))
+    table.add_column(
+        "workflow", min_width=min(max(len(r.workflow) for r in runs), 12) if runs else None
+    )
     table.add_column("status", no_wrap=True)
-    table.add_column("step", no_wrap=True)
-    table.add_column("seq", justify="right")
-    table.add_column("task", ratio=1)
-    table.add_column("outcome")
-    table.add_column("updated", no_wrap=True)
+    table.add_column("step", no_wrap=compact)
+    if compact:
+        table.add_column("task / outcome", ratio=1)
+    else:
+        table.add_column("seq", justify="right")
+        table.add_column("task", ratio=1)
+        table.add_column("outcome")
+        table.add_column("updated", no_wrap=True)
     for run in runs:
-        row: list[Any] = [run.id[:8] + "…" if compact else run.id]
-        if not compact:
-            row += [run.agent_name, run.workflow]
-        row += [
+        row: list[Any] = [
+            run.id[:SHORT_ID] if compact else run.id,
+            Text(run.agent_name),
+            Text(run.workflow),
             status(run.status),
-            run.step or "",
-            str(run.seq),
-            short(run.task, 40),
-            short(outcome_of(run), 30),
-            ago(run.updated_at),
+            Text(run.step or ""),
         ]
+        outcome = outcome_of(run)
+        if compact:
+            row.append(Text(short(outcome or run.task, 40)))
+        else:
+            row += [
+                str(run.seq),
+                Text(short(run.task, 40)),
+                Text(short(outcome, 30)),
+                ago(run.updated_at),
+            ]
         table.add_row(*row)
     return table
 
@@ -101,7 +118,7 @@ def history_table(messages: Sequence[Message]) -> Table:
     table.add_column("content", ratio=1)
     for m in messages:
         style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m.role, "")
-        table.add_row(str(m.idx), Text(m.role, style=style), m.content)
+        table.add_row(str(m.idx), Text(m.role, style=style), Text(m.content))
     return table
 
 
@@ -120,11 +137,11 @@ def waits_table(waits: Sequence[WaitRecord]) -> Table:
         table.add_row(
             w.kind,
             status(w.status if w.status != "pending" else "waiting"),
-            w.approver_group or "",
+            Text(w.approver_group or ""),
             f"{when(w.deadline)} ({ago(w.deadline)})" if w.deadline else "-",
-            short(w.prompt, 50),
-            outcome,
-            w.decided_by or "",
+            Text(short(w.prompt, 50)),
+            Text(outcome),
+            Text(w.decided_by or ""),
         )
     return table
 
@@ -138,7 +155,11 @@ def events_table(events: Sequence[Event], title: str = "Audit trail") -> Table:
     table.add_column("details")
     for e in events:
         table.add_row(
-            str(e.n), when(e.created_at), Text(e.kind, style="bold"), e.actor, _details(e)
+            str(e.n),
+            when(e.created_at),
+            Text(e.kind, style="bold"),
+            Text(e.actor),
+            Text(_details(e)),
         )
     return table
 
@@ -182,8 +203,8 @@ def run_panel(
     if run.error:
         rows.append(("error", Text(run.error, style="red")))
     for key, value in rows:
-        summary.add_row(key, value)
-    state = json.dumps(checkpoint.state, indent=2, default=str)
+        summary.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+    state = Text(json.dumps(checkpoint.state, indent=2, default=str))
     parts: list[Any] = [
         Panel(summary, title=f"Run {run.id}", expand=False),
         Panel(state, title=f"State at checkpoint #{checkpoint.seq}", expand=False),
