@@ -207,10 +207,13 @@ class Transition:
 
 @dataclass(frozen=True)
 class Claim:
-    """A run claimed by one worker for one step: the run as claimed and its latest state."""
+    """A run claimed by one worker for one step: the run as claimed, its latest state,
+    its agent, and the wait it resumes from (if it was parked at that checkpoint)."""
 
     run: RunRecord
     checkpoint: Checkpoint
+    agent: AgentRecord
+    resumed: WaitRecord | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -11,6 +11,7 @@ do"). Reads go through :mod:`persistence.queries`.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ from persistence.tables import events as events_table
 from persistence.tables import messages as messages_table
 
 Clock = Callable[[], datetime]
+log = logging.getLogger("pausepoint.store")
 
 
 def utcnow() -> datetime:
@@ -274,6 +276,8 @@ class Store:
             if run.due_at is not None and run.due_at > now:
                 return None
             checkpoint = queries.latest_checkpoint(conn, run)
+            agent = queries.get_agent(conn, run.agent_name)
+            resumed = queries.resumed_wait(conn, run)
             started = NewEvent(
                 "step_started",
                 {
@@ -298,7 +302,7 @@ class Store:
                 )
             except StaleVersion:
                 return None
-            return Claim(run=claimed, checkpoint=checkpoint)
+            return Claim(run=claimed, checkpoint=checkpoint, agent=agent, resumed=resumed)
 
     def renew_lease(self, claim: Claim, owner: str) -> None:
         """Push a long step's lease forward, so the sweeper does not take its run away."""
@@ -480,27 +484,33 @@ class Store:
     def _sweep_due(
         self, run_id: str, lost_before: datetime, actor: str, report: SweepReport
     ) -> None:
+        # Re-sending keeps the version: the first message that arrives claims the run and
+        # the other copy finds nothing to do. So a message that was only slow (a long broker
+        # backlog) keeps its place in the queue instead of being made stale.
+        now = self.clock()
         with self.write() as conn:
             run = queries.find_run(conn, run_id)
-            now = self.clock()
-            if run is None or run.status != QUEUED or run.due_at is None or run.due_at > now:
+            if run is None:
                 return
-            lost = run.published_at is not None
-            if lost and run.published_at is not None and run.published_at > lost_before:
-                return
-            evts = (
-                [NewEvent("requeued", {"reason": "message lost", "step": run.step})] if lost else []
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.version == run.version,
+                    runs.c.status == QUEUED,
+                    runs.c.due_at <= now,
+                    or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
+                )
+                .values(published_at=now)
             )
-            new = self._apply(
-                conn,
-                run,
-                now=now,
-                actor=actor,
-                expect_status=(QUEUED,),
-                changes={"published_at": now},
-                events=evts,
+        if result.rowcount == 1:
+            log.info(
+                "re-sending run %s v%d (%s)",
+                run_id,
+                run.version,
+                "retry due" if run.published_at is None else "no message seen",
             )
-        report.republished.append((new.id, new.version))
+            report.republished.append((run_id, run.version))
 
     def _sweep_lease(self, run_id: str, max_attempts: int, actor: str, report: SweepReport) -> None:
         with self.write() as conn:

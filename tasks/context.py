@@ -54,9 +54,7 @@ class StepContext:
         *,
         store: Store,
         claim: Claim,
-        agent: AgentRecord,
         llm: LLMBackend,
-        resumed: WaitRecord | None,
     ) -> None:
         run = claim.run
         self.run_id = run.id
@@ -66,9 +64,9 @@ class StepContext:
         self.input: dict[str, Any] = copy.deepcopy(run.input)
         self.state: dict[str, Any] = copy.deepcopy(claim.checkpoint.state)
         self.attempt = run.attempt
-        self.agent = agent
+        self.agent: AgentRecord = claim.agent
         self.llm = llm
-        self.resumed = resumed
+        self.resumed: WaitRecord | None = claim.resumed
         self.history = History(store, run.id, claim.checkpoint.history_len)
         self.idempotency_key = claim.idempotency_key
         self.new_messages: list[NewMessage] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -169,7 +170,8 @@ class Runtime:
             log.debug("run %s v%d: stale or duplicate message, nothing to do", run_id, version)
             return StepReport(run_id, "stale")
         started = time.monotonic()
-        transition = self._execute(claim)
+        with _Heartbeat(self.store, claim, owner):
+            transition = self._execute(claim)
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         transition = _with_completion_event(transition, claim, duration_ms)
         try:
@@ -189,14 +191,7 @@ class Runtime:
             # A worker without this workflow's code: retry, in case another worker has it.
             return self._retry_or_fail(claim, None, exc, retry_delay=5.0)
         try:
-            agent = self.store.get_agent(run.agent_name)
-            ctx = StepContext(
-                store=self.store,
-                claim=claim,
-                agent=agent,
-                llm=self.llm,
-                resumed=self.store.resumed_wait(run),
-            )
+            ctx = StepContext(store=self.store, claim=claim, llm=self.llm)
             outcome = wf.check(step.fn(ctx))
         except Retry as exc:
             return self._retry_or_fail(claim, step, exc, retry_delay=exc.delay)
@@ -246,6 +241,37 @@ class Runtime:
                 ),
             ),
         )
+
+
+class _Heartbeat:
+    """Renews a step's lease while it runs, so only a dead worker loses its run.
+
+    Renewing every third of the lease leaves two chances to miss a beat.
+    """
+
+    def __init__(self, store: Store, claim: Claim, owner: str) -> None:
+        self._store, self._claim, self._owner = store, claim, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="pausepoint-lease", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval = self._store.lease_seconds / 3
+        while not self._stop.wait(interval):
+            try:
+                self._store.renew_lease(self._claim, self._owner)
+            except StaleVersion:
+                log.warning("run %s: lease taken over while step ran", self._claim.run.id)
+                return
+            except Exception as exc:  # a database blip: the next beat tries again
+                log.warning("run %s: lease renewal failed: %s", self._claim.run.id, exc)
 
 
 def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:

@@ -135,3 +135,15 @@ def test_many_runs_of_one_agent_at_once_keep_separate_histories(cluster: Cluster
             f"run{i} #{n}" for n in range(1, 6)
         ]
         assert cluster.store.checkpoint(run_id).state == {"done": 5}
+
+
+def test_a_message_lost_by_the_broker_is_resent_by_the_sweeper(cluster: Cluster) -> None:
+    # Queue the run while no worker runs, then lose its message for real.
+    run = cluster.runtime.start("noop", agent="loan_processor", input={"steps": 2})
+    with cluster.app.connection_for_write() as conn:
+        purged = cluster.app.control.purge(connection=conn)
+    assert purged == 1
+    cluster.worker("w1")
+    (done,) = cluster.wait_for([run.id], lambda r: r.status in FINISHED, "the re-sent run")
+    assert done.status == COMPLETED and done.result == {"steps": 2}
+    assert Counter(kinds(cluster, run.id))["step_completed"] == 2

@@ -351,3 +351,42 @@ def test_registry_rejects_duplicates_and_names_known_workflows() -> None:
     assert {"loan", "noop"} <= set(registry.names())
     with pytest.raises(WorkflowNotFound, match=r"known workflows: .*loan"):
         registry.get("nope")
+
+
+def test_a_long_step_keeps_its_lease_while_it_runs(store: Store) -> None:
+    """The heartbeat renews the lease: a step longer than the lease is not taken away."""
+    import threading
+    import time as _time
+
+    reg = Registry()
+    wf = Workflow("long", registry=reg)
+
+    @wf.step
+    def crunch(ctx: StepContext) -> Outcome:
+        _time.sleep(1.5)
+        return End("crunched")
+
+    store.lease_seconds = 0.6
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
+    )
+    run = rt.start("long", agent="loan_processor")
+    sweeps: list[Any] = []
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        while not stop.wait(0.1):
+            sweeps.append(rt.sweep())
+
+    t = threading.Thread(target=sweeper)
+    t.start()
+    try:
+        report = rt.run_step(*published.pop(0), owner="w1")
+    finally:
+        stop.set()
+        t.join()
+    assert report.outcome == "committed"
+    assert store.get_run(run.id).result == "crunched"
+    assert len(sweeps) >= 5 and not any(s.lease_expired for s in sweeps)
+    assert "lease_expired" not in [e.kind for e in store.events(run.id)]
