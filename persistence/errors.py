@@ -74,6 +74,18 @@ class NotWaiting(Conflict):
         self.status = status
 
 
+class Gone(PausepointError):
+    """What was asked for existed but is over: an expired token, a run that moved on."""
+
+
+class Unauthorized(PausepointError):
+    """No credentials, or credentials (API key, HMAC signature) that do not check out."""
+
+
+class Forbidden(PausepointError):
+    """Valid credentials that do not allow this (an approver of another group)."""
+
+
 class StepError(PausepointError):
     """A workflow step failed in a way that retrying will not fix."""
 

@@ -27,12 +27,14 @@ RUN_STATUSES = (QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, ACTIVE, 
 # Wait kinds and statuses.
 APPROVAL = "approval"
 CALLBACK = "callback"
+EVENT = "event"
 RESOURCE = "resource"
 TIMER = "timer"
-WAIT_KINDS = (APPROVAL, CALLBACK, RESOURCE, TIMER)
+WAIT_KINDS = (APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER)
 PENDING = "pending"
 FULFILLED = "fulfilled"
 EXPIRED = "expired"
+CANCELLED_WAIT = "cancelled"
 
 # The workflow name of the seed API's script sessions.
 SESSION_WORKFLOW = "__session__"
@@ -150,6 +152,12 @@ class WaitRecord:
     deadline: datetime | None
     on_timeout: str
     default_outcome: Any
+    escalate_to: str | None
+    escalate_after: float | None
+    source: str | None
+    event_name: str | None
+    match_key: str | None
+    resource: str | None
     outcome: Any
     decided_by: str | None
     created_at: datetime
@@ -181,10 +189,17 @@ class WaitSpec:
     prompt: str = ""
     approver_group: str | None = None
     deadline: datetime | None = None
-    # What happens at the deadline: "fail" the run, or resume with default_outcome.
+    # What happens at the deadline: "fail" the run, resume with default_outcome ("default"),
+    # or hand an approval to escalate_to for escalate_after more seconds ("escalate").
     on_timeout: str = "fail"
     default_outcome: Any = None
     token_hash: str | None = None
+    escalate_to: str | None = None
+    escalate_after: float | None = None
+    source: str | None = None
+    event_name: str | None = None
+    match_key: str | None = None
+    resource: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,8 @@ class Claim:
     checkpoint: Checkpoint
     agent: AgentRecord
     resumed: WaitRecord | None = None
+    # Resource slots the run holds while this step runs (given back when it commits).
+    holds: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -222,11 +239,25 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ResourceRecord:
+    name: str
+    capacity: int
+    in_use: int
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> ResourceRecord:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class SweepReport:
     republished: list[tuple[str, int]] = field(default_factory=list)
     lease_expired: list[str] = field(default_factory=list)
     deadlines: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)
+    resource_wakeups: list[str] = field(default_factory=list)
 
     @property
     def to_publish(self) -> list[tuple[str, int]]:

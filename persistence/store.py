@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,16 +26,28 @@ from sqlalchemy.exc import IntegrityError
 from persistence import queries
 from persistence.audit import event_hash
 from persistence.engine import READ_ONLY, make_engine
-from persistence.errors import Conflict, InvalidInput, NotWaiting, StaleVersion
+from persistence.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    InvalidInput,
+    NotFound,
+    NotWaiting,
+    StaleVersion,
+)
 from persistence.records import (
     ACTIVE,
     APPROVAL,
+    CALLBACK,
+    CANCELLED_WAIT,
     COMPLETED,
+    EVENT,
     EXPIRED,
     FAILED,
     FULFILLED,
     PENDING,
     QUEUED,
+    RESOURCE,
     RUNNING,
     SESSION_WORKFLOW,
     TIMER,
@@ -46,13 +59,23 @@ from persistence.records import (
     Message,
     NewEvent,
     NewMessage,
+    ResourceRecord,
     RunRecord,
     SweepReport,
     Transition,
     WaitRecord,
     WaitSpec,
 )
-from persistence.tables import agents, checkpoints, runs, waits
+from persistence.tables import (
+    agents,
+    checkpoints,
+    deliveries,
+    meta,
+    resource_holders,
+    resources,
+    runs,
+    waits,
+)
 from persistence.tables import events as events_table
 from persistence.tables import messages as messages_table
 
@@ -278,6 +301,11 @@ class Store:
             checkpoint = queries.latest_checkpoint(conn, run)
             agent = queries.get_agent(conn, run.agent_name)
             resumed = queries.resumed_wait(conn, run)
+            holds = tuple(
+                conn.execute(
+                    select(resource_holders.c.resource).where(resource_holders.c.run_id == run.id)
+                ).scalars()
+            )
             started = NewEvent(
                 "step_started",
                 {
@@ -302,7 +330,9 @@ class Store:
                 )
             except StaleVersion:
                 return None
-            return Claim(run=claimed, checkpoint=checkpoint, agent=agent, resumed=resumed)
+            return Claim(
+                run=claimed, checkpoint=checkpoint, agent=agent, resumed=resumed, holds=holds
+            )
 
     def renew_lease(self, claim: Claim, owner: str) -> None:
         """Push a long step's lease forward, so the sweeper does not take its run away."""
@@ -349,8 +379,20 @@ class Store:
             raise InvalidInput(f"a step cannot move a run to {t.status!r}")
         # A retry keeps the state of the checkpoint it retries: no new checkpoint.
         state = None if t.retry else ensure_json(t.state, "step state")
+        events = list(t.events)
+        wait_status, wait_outcome = PENDING, None
         with self.write() as conn:
-            return self._apply(
+            if not t.retry:
+                # The step a slot was held for is over: give the slots back.
+                for name in self._release_holds(conn, run.id, below_seq=run.seq + 1):
+                    events.append(NewEvent("resource_released", {"resource": name}))
+            if t.status == WAITING and t.wait is not None:
+                arrived = self._arrived(conn, run, t.wait, now)
+                if arrived is not None:
+                    wait_status, wait_outcome = FULFILLED, arrived[0]
+                    events.extend(arrived[1])
+                    changes.update(status=QUEUED, due_at=now, published_at=now)
+            new = self._apply(
                 conn,
                 run,
                 now=now,
@@ -361,9 +403,76 @@ class Store:
                 messages=t.messages,
                 state=state,
                 checkpoint_step=changes.get("step", run.step),
-                events=t.events,
+                events=events,
                 wait=t.wait,
+                wait_status=wait_status,
+                wait_outcome=wait_outcome,
             )
+            if wait_status == FULFILLED and t.wait is not None and t.wait.kind == RESOURCE:
+                self._hold(conn, t.wait.resource or "", run.id, new.seq, now)
+            return new
+
+    def _arrived(
+        self, conn: Connection, run: RunRecord, wait: WaitSpec, now: datetime
+    ) -> tuple[Any, list[NewEvent]] | None:
+        """What fulfils ``wait`` at the moment it is opened, if anything already has.
+
+        A free resource slot; a callback posted before this commit; an event that
+        came after the run started. Returns the wait's outcome and the events to record.
+        """
+        if wait.kind == RESOURCE:
+            name = wait.resource or ""
+            if not self._take_slot(conn, name, now):
+                return None
+            outcome = {"resource": name, "acquired_at": now.isoformat()}
+            return outcome, [NewEvent("resource_acquired", {"resource": name, "waited": False})]
+        if wait.kind == CALLBACK and wait.token_hash is not None:
+            row = (
+                conn.execute(
+                    select(deliveries).where(
+                        deliveries.c.token_hash == wait.token_hash,
+                        deliveries.c.consumed_at.is_(None),
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            conn.execute(
+                update(deliveries).where(deliveries.c.id == row["id"]).values(consumed_at=now)
+            )
+            outcome = _callback_outcome(row["payload"], row["source"], row["received_at"])
+            info = {"source": row["source"], "early": True, "by": row["actor"]}
+            return outcome, [
+                NewEvent("callback_received", info),
+                NewEvent("resumed", {"step": wait.resume_step}),
+            ]
+        if wait.kind == EVENT:
+            row = (
+                conn.execute(
+                    select(deliveries)
+                    .where(
+                        deliveries.c.kind == EVENT,
+                        deliveries.c.event_name == wait.event_name,
+                        deliveries.c.match_key == wait.match_key,
+                        deliveries.c.received_at >= run.created_at,
+                    )
+                    .order_by(deliveries.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            outcome = _event_outcome(wait.event_name, row["payload"], row["received_at"])
+            info = {"event": wait.event_name, "key": wait.match_key, "early": True}
+            return outcome, [
+                NewEvent("event_received", info),
+                NewEvent("resumed", {"step": wait.resume_step}),
+            ]
+        return None
 
     # ------------------------------------------------------------- resumes
 
@@ -375,11 +484,14 @@ class Store:
         actor: str,
         comment: str = "",
         data: dict[str, Any] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> RunRecord:
         """Decide a run's pending approval and queue its resume, in one transaction.
 
-        Raises RunNotFound, NotWaiting (not parked on an approval) or Conflict
-        (someone decided first). Nothing is changed when it raises.
+        ``groups``: the approver groups the decider belongs to (``None``: any group,
+        for operators). Raises RunNotFound, NotWaiting (not parked on an approval),
+        Forbidden (not an approver of the wait's group) or Conflict (someone decided
+        first). Nothing is changed when it raises.
         """
         data = ensure_json(dict(data or {}), "approval data")
         with self.write() as conn:
@@ -390,6 +502,11 @@ class Store:
             if wait is None or wait.kind != APPROVAL:
                 kind = wait.kind if wait is not None else "nothing"
                 raise NotWaiting(run.id, run.status, f"it waits for {kind}")
+            if groups is not None and wait.approver_group not in groups:
+                raise Forbidden(
+                    f"{actor} may not decide run {run.id}: it waits for an approver of "
+                    f"group {wait.approver_group!r}"
+                )
             now = self.clock()
             decision = "approved" if approved else "rejected"
             outcome = {
@@ -415,6 +532,300 @@ class Store:
                     NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id}),
                 ],
             )
+
+    def deliver_callback(
+        self,
+        *,
+        token_hash: str,
+        run_id: str,
+        seq: int,
+        source: str | None,
+        payload: Any,
+        actor: str,
+    ) -> tuple[str, RunRecord | None]:
+        """A callback for the wait that ``token_hash`` names, in one transaction.
+
+        Returns ``("resumed", run)`` when it fulfilled a pending wait (the run is queued),
+        or ``("stored", None)`` when it came before the run parked: it is kept and
+        delivered when the wait opens. Raises Conflict for a second use, Gone for an
+        expired wait or a run that moved past that checkpoint, RunNotFound for a run
+        that is not there. Nothing is changed when it raises.
+        """
+        payload = ensure_json(payload, "callback payload")
+        with self.write() as conn:
+            now = self.clock()
+            row = (
+                conn.execute(select(waits).where(waits.c.token_hash == token_hash))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                run = queries.get_run(conn, run_id, for_update=True)
+                if run.finished or run.seq >= seq:
+                    raise Gone(f"run {run_id} is past the step that handed out this callback")
+                early = conn.execute(
+                    select(deliveries.c.id).where(deliveries.c.token_hash == token_hash)
+                ).first()
+                if early is not None:
+                    raise Conflict("this callback was already received; a token is single-use")
+                conn.execute(
+                    insert(deliveries).values(
+                        kind=CALLBACK,
+                        token_hash=token_hash,
+                        run_id=run_id,
+                        source=source,
+                        actor=actor,
+                        payload=payload,
+                        received_at=now,
+                    )
+                )
+                return "stored", None
+            wait = WaitRecord.from_row(row)
+            if wait.status == FULFILLED:
+                raise Conflict("this callback was already received; a token is single-use")
+            if wait.status != PENDING or (wait.deadline is not None and wait.deadline <= now):
+                raise Gone(f"the callback wait of run {wait.run_id} expired")
+            run = queries.get_run(conn, wait.run_id, for_update=True)
+            self._close_wait(
+                conn, wait, FULFILLED, _callback_outcome(payload, source, now), actor, now
+            )
+            new = self._apply(
+                conn,
+                run,
+                now=now,
+                actor=actor,
+                expect_status=(WAITING,),
+                changes=_resume_changes(wait, now),
+                events=[
+                    NewEvent("callback_received", {"wait": wait.id, "source": source}),
+                    NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id}),
+                ],
+            )
+            return "resumed", new
+
+    def publish_event(self, name: str, key: str, payload: Any, *, actor: str) -> list[RunRecord]:
+        """Record an event and resume every run waiting for it with this key, in one transaction.
+
+        The event is kept, so a run that parks on it later (but started before it came)
+        is resumed at once.
+        """
+        payload = ensure_json(payload, "event payload")
+        with self.write() as conn:
+            now = self.clock()
+            conn.execute(
+                insert(deliveries).values(
+                    kind=EVENT,
+                    event_name=name,
+                    match_key=key,
+                    actor=actor,
+                    payload=payload,
+                    received_at=now,
+                )
+            )
+            rows = (
+                conn.execute(
+                    select(waits)
+                    .where(
+                        waits.c.event_name == name,
+                        waits.c.match_key == key,
+                        waits.c.status == PENDING,
+                    )
+                    .order_by(waits.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            resumed = []
+            for row in rows:
+                wait = WaitRecord.from_row(row)
+                run = queries.get_run(conn, wait.run_id, for_update=True)
+                if run.status != WAITING or run.seq != wait.seq:
+                    continue
+                self._close_wait(
+                    conn, wait, FULFILLED, _event_outcome(name, payload, now), actor, now
+                )
+                resumed.append(
+                    self._apply(
+                        conn,
+                        run,
+                        now=now,
+                        actor=actor,
+                        expect_status=(WAITING,),
+                        changes=_resume_changes(wait, now),
+                        events=[
+                            NewEvent(
+                                "event_received", {"event": name, "key": key, "wait": wait.id}
+                            ),
+                            NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id}),
+                        ],
+                    )
+                )
+            return resumed
+
+    # ------------------------------------------------------------ resources
+
+    def set_resource(self, name: str, capacity: int) -> ResourceRecord:
+        """Create a named capacity, or change its number of slots."""
+        if not name or len(name) > 200:
+            raise InvalidInput(f"bad resource name {name!r}")
+        if capacity < 0:
+            raise InvalidInput("a resource's capacity cannot be negative")
+        with self.write() as conn:
+            now = self.clock()
+            exists = conn.execute(select(resources.c.name).where(resources.c.name == name)).first()
+            if exists is None:
+                conn.execute(
+                    insert(resources).values(name=name, capacity=capacity, in_use=0, updated_at=now)
+                )
+            else:
+                conn.execute(
+                    update(resources)
+                    .where(resources.c.name == name)
+                    .values(capacity=capacity, updated_at=now)
+                )
+            row = conn.execute(select(resources).where(resources.c.name == name)).mappings().one()
+            return ResourceRecord.from_row(row)
+
+    def get_resource(self, name: str) -> ResourceRecord:
+        with self.read() as conn:
+            row = conn.execute(select(resources).where(resources.c.name == name)).mappings().first()
+        if row is None:
+            raise NotFound(
+                f"no resource named {name!r}; create it with `pausepoint resource {name} --slots N`"
+                " or PAUSEPOINT_RESOURCES"
+            )
+        return ResourceRecord.from_row(row)
+
+    def list_resources(self) -> list[ResourceRecord]:
+        with self.read() as conn:
+            rows = conn.execute(select(resources).order_by(resources.c.name)).mappings()
+            return [ResourceRecord.from_row(r) for r in rows]
+
+    def holds(self, run_id: str) -> list[str]:
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(resource_holders.c.resource).where(resource_holders.c.run_id == run_id)
+                ).scalars()
+            )
+
+    def wake_resources(self, names: Sequence[str] | None = None) -> list[RunRecord]:
+        """Give free slots to the runs waiting longest for them; returns the runs queued."""
+        with self.read() as conn:
+            query = (
+                select(waits.c.resource)
+                .where(waits.c.kind == RESOURCE, waits.c.status == PENDING)
+                .distinct()
+            )
+            if names is not None:
+                query = query.where(waits.c.resource.in_(list(names)))
+            wanted = [str(n) for n in conn.execute(query).scalars()]
+        woken: list[RunRecord] = []
+        for name in wanted:
+            while (run := self._wake_one(name)) is not None:
+                if run.status == QUEUED:
+                    woken.append(run)
+        return woken
+
+    def _wake_one(self, name: str) -> RunRecord | None:
+        """One waiter of ``name`` gets a slot, in one transaction; None when none can."""
+        with self.write() as conn:
+            now = self.clock()
+            row = (
+                conn.execute(
+                    select(waits)
+                    .where(
+                        waits.c.resource == name,
+                        waits.c.kind == RESOURCE,
+                        waits.c.status == PENDING,
+                    )
+                    .order_by(waits.c.id)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None or not self._take_slot(conn, name, now):
+                return None
+            wait = WaitRecord.from_row(row)
+            run = queries.get_run(conn, wait.run_id, for_update=True)
+            if run.status != WAITING or run.seq != wait.seq:
+                # The run moved on without it: put the slot back, close the wait.
+                self._give_slot(conn, name, now)
+                self._close_wait(conn, wait, CANCELLED_WAIT, None, "sweeper", now)
+                return run
+            outcome = {"resource": name, "acquired_at": now.isoformat()}
+            self._close_wait(conn, wait, FULFILLED, outcome, "sweeper", now)
+            self._hold(conn, name, run.id, run.seq, now)
+            return self._apply(
+                conn,
+                run,
+                now=now,
+                actor="sweeper",
+                expect_status=(WAITING,),
+                changes=_resume_changes(wait, now),
+                events=[
+                    NewEvent("resource_acquired", {"resource": name, "waited": True}),
+                    NewEvent("resumed", {"step": wait.resume_step, "wait": wait.id}),
+                ],
+            )
+
+    def _take_slot(self, conn: Connection, name: str, now: datetime) -> bool:
+        result = conn.execute(
+            update(resources)
+            .where(resources.c.name == name, resources.c.in_use < resources.c.capacity)
+            .values(in_use=resources.c.in_use + 1, updated_at=now)
+        )
+        return result.rowcount == 1
+
+    def _give_slot(self, conn: Connection, name: str, now: datetime) -> None:
+        conn.execute(
+            update(resources)
+            .where(resources.c.name == name, resources.c.in_use > 0)
+            .values(in_use=resources.c.in_use - 1, updated_at=now)
+        )
+
+    def _hold(self, conn: Connection, name: str, run_id: str, seq: int, now: datetime) -> None:
+        conn.execute(
+            insert(resource_holders).values(resource=name, run_id=run_id, seq=seq, acquired_at=now)
+        )
+
+    def _release_holds(
+        self, conn: Connection, run_id: str, below_seq: int | None = None
+    ) -> list[str]:
+        query = select(resource_holders.c.resource).where(resource_holders.c.run_id == run_id)
+        if below_seq is not None:
+            query = query.where(resource_holders.c.seq < below_seq)
+        names = [str(n) for n in conn.execute(query).scalars()]
+        now = self.clock()
+        for name in names:
+            conn.execute(
+                resource_holders.delete().where(
+                    resource_holders.c.run_id == run_id, resource_holders.c.resource == name
+                )
+            )
+            self._give_slot(conn, name, now)
+        return names
+
+    # ---------------------------------------------------------------- secret
+
+    def secret(self) -> bytes:
+        """The store's random 256-bit secret (callback tokens derive from it), made on first use."""
+        with self.read() as conn:
+            value = conn.execute(select(meta.c.value).where(meta.c.key == "token_secret")).scalar()
+        if value is None:
+            try:
+                with self.write() as conn:
+                    conn.execute(
+                        insert(meta).values(key="token_secret", value=secrets.token_hex(32))
+                    )
+            except IntegrityError:
+                pass  # another process made it first: use theirs
+            with self.read() as conn:
+                value = conn.execute(
+                    select(meta.c.value).where(meta.c.key == "token_secret")
+                ).scalar_one()
+        return bytes.fromhex(value)
 
     # -------------------------------------------------------------- sweeper
 
@@ -479,6 +890,10 @@ class Store:
             self._sweep_lease(run_id, max_attempts, actor, report)
         for wait_id in deadlines:
             self._sweep_deadline(wait_id, actor, report)
+        # Slots freed by runs that failed or moved on, or a capacity raised.
+        for run in self.wake_resources():
+            report.resource_wakeups.append(run.id)
+            report.republished.append((run.id, run.version))
         return report
 
     def _sweep_due(
@@ -526,6 +941,7 @@ class Store:
             info = {"owner": run.lease_owner, "step": run.step, "attempt": run.attempt + 1}
             common = {"lease_owner": None, "lease_expires_at": None}
             if run.attempt + 1 >= max_attempts:
+                self._release_holds(conn, run.id)
                 error = f"step {run.step!r} lost its worker {run.attempt + 1} times"
                 self._apply(
                     conn,
@@ -583,6 +999,39 @@ class Store:
                 )
                 report.republished.append((new.id, new.version))
                 return
+            if wait.on_timeout == "escalate" and wait.escalate_to:
+                new_deadline = now + timedelta(seconds=wait.escalate_after or 86400)
+                conn.execute(
+                    update(waits)
+                    .where(waits.c.id == wait.id, waits.c.status == PENDING)
+                    .values(
+                        approver_group=wait.escalate_to,
+                        deadline=new_deadline,
+                        on_timeout="fail",
+                        escalate_to=None,
+                    )
+                )
+                self._apply(
+                    conn,
+                    run,
+                    now=now,
+                    actor=actor,
+                    expect_status=(WAITING,),
+                    changes={},
+                    events=[
+                        NewEvent(
+                            "escalated",
+                            {
+                                "wait": wait.id,
+                                "from": wait.approver_group,
+                                "to": wait.escalate_to,
+                                "deadline": new_deadline.isoformat(),
+                            },
+                        )
+                    ],
+                )
+                report.escalated.append(run.id)
+                return
             expired = NewEvent(
                 "expired", {"wait": wait.id, "kind": wait.kind, "on_timeout": wait.on_timeout}
             )
@@ -600,6 +1049,7 @@ class Store:
                 report.republished.append((new.id, new.version))
             else:
                 self._close_wait(conn, wait, EXPIRED, None, actor, now)
+                self._release_holds(conn, run.id)
                 error = f"{wait.kind} wait passed its deadline {wait.deadline.isoformat()}"
                 self._apply(
                     conn,
@@ -687,6 +1137,8 @@ class Store:
         checkpoint_step: str | None = None,
         events: Sequence[NewEvent] = (),
         wait: WaitSpec | None = None,
+        wait_status: str = PENDING,
+        wait_outcome: Any = None,
     ) -> RunRecord:
         """Move ``run`` one version forward with ``changes``, or raise StaleVersion.
 
@@ -752,7 +1204,7 @@ class Store:
                     run_id=run.id,
                     seq=seq,
                     kind=wait.kind,
-                    status=PENDING,
+                    status=wait_status,
                     resume_step=wait.resume_step,
                     approver_group=wait.approver_group,
                     prompt=wait.prompt,
@@ -760,6 +1212,15 @@ class Store:
                     on_timeout=wait.on_timeout,
                     default_outcome=ensure_json(wait.default_outcome, "a wait's default outcome"),
                     token_hash=wait.token_hash,
+                    escalate_to=wait.escalate_to,
+                    escalate_after=wait.escalate_after,
+                    source=wait.source,
+                    event_name=wait.event_name,
+                    match_key=wait.match_key,
+                    resource=wait.resource,
+                    outcome=wait_outcome,
+                    decided_by=None if wait_status == PENDING else actor,
+                    decided_at=None if wait_status == PENDING else now,
                     created_at=now,
                 )
             )
@@ -834,6 +1295,14 @@ def _same_request(
             f"idempotency key {run.idempotency_key!r} was used for a different request "
             f"(run {run.id}); use a new key"
         )
+
+
+def _callback_outcome(payload: Any, source: str | None, received_at: datetime) -> dict[str, Any]:
+    return {"payload": payload, "source": source, "received_at": received_at.isoformat()}
+
+
+def _event_outcome(name: str | None, payload: Any, received_at: datetime) -> dict[str, Any]:
+    return {"event": name, "payload": payload, "received_at": received_at.isoformat()}
 
 
 def _resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:

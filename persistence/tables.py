@@ -19,6 +19,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -187,9 +188,19 @@ waits = Table(
     Column("approver_group", String(200), nullable=True),
     Column("prompt", Text, nullable=False, default=""),
     Column("deadline", Timestamp, nullable=True),
-    # fail | default
+    # fail | default | escalate
     Column("on_timeout", String(20), nullable=False, default="fail"),
     Column("default_outcome", Json, nullable=True),
+    # approval: at the deadline, hand the decision to this group for escalate_after more seconds.
+    Column("escalate_to", String(200), nullable=True),
+    Column("escalate_after", Float, nullable=True),
+    # callback: which source (and so which HMAC secret) the callback comes from.
+    Column("source", String(100), nullable=True),
+    # event: resumed by POST /events/{event_name} whose key equals match_key.
+    Column("event_name", String(200), nullable=True),
+    Column("match_key", String(200), nullable=True),
+    # resource: the named capacity the run waits for.
+    Column("resource", String(200), nullable=True),
     Column("token_hash", String(64), nullable=True, unique=True),
     Column("outcome", Json, nullable=True),
     Column("decided_by", String(200), nullable=True),
@@ -199,5 +210,80 @@ waits = Table(
 )
 Index("ix_waits_status_deadline", waits.c.status, waits.c.deadline)
 Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
+Index("ix_waits_event_name_match_key_status", waits.c.event_name, waits.c.match_key, waits.c.status)
+Index("ix_waits_resource_status_id", waits.c.resource, waits.c.status, waits.c.id)
 
-ALL_TABLES = (agents, runs, checkpoints, messages, events, waits)
+# Named capacities (an LLM quota, a GPU pool): in_use never exceeds capacity, because
+# a slot is taken only by `UPDATE ... SET in_use = in_use + 1 WHERE in_use < capacity`.
+resources = Table(
+    "resources",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("capacity", Integer, nullable=False),
+    Column("in_use", Integer, nullable=False, default=0),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+# Who holds a slot: a run holds it for one step, from the checkpoint `seq` on.
+resource_holders = Table(
+    "resource_holders",
+    metadata,
+    Column(
+        "resource",
+        String(200),
+        ForeignKey("resources.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("acquired_at", Timestamp, nullable=False),
+)
+Index("ix_resource_holders_run_id", resource_holders.c.run_id)
+
+# What arrived for a wait that does not exist yet: a callback posted while its run was
+# still committing the step that handed out the URL, or an event no run waits for yet.
+# Delivered when the run parks; never lost.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("kind", String(20), nullable=False),
+    Column("token_hash", String(64), nullable=True, unique=True),
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=True),
+    Column("event_name", String(200), nullable=True),
+    Column("match_key", String(200), nullable=True),
+    Column("source", String(100), nullable=True),
+    Column("actor", String(200), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("received_at", Timestamp, nullable=False),
+    Column("consumed_at", Timestamp, nullable=True),
+)
+Index(
+    "ix_deliveries_event_name_match_key_received_at",
+    deliveries.c.event_name,
+    deliveries.c.match_key,
+    deliveries.c.received_at,
+)
+
+# Store-wide values, such as the secret that callback tokens are derived from.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+ALL_TABLES = (
+    agents,
+    runs,
+    checkpoints,
+    messages,
+    events,
+    waits,
+    resources,
+    resource_holders,
+    deliveries,
+    meta,
+)

@@ -9,6 +9,7 @@ from persistence.records import AgentRecord, Claim, NewMessage, WaitRecord
 from persistence.store import Store
 from tasks.llm import LLMBackend, Message
 from tasks.prompt import build_messages
+from tasks.tokens import make_token
 
 
 class History:
@@ -55,6 +56,8 @@ class StepContext:
         store: Store,
         claim: Claim,
         llm: LLMBackend,
+        secret: bytes = b"",
+        public_url: str = "http://127.0.0.1:8000",
     ) -> None:
         run = claim.run
         self.run_id = run.id
@@ -70,6 +73,18 @@ class StepContext:
         self.history = History(store, run.id, claim.checkpoint.history_len)
         self.idempotency_key = claim.idempotency_key
         self.new_messages: list[NewMessage] = []
+        self._secret = secret
+        self._public_url = public_url.rstrip("/")
+
+    def callback_url(self, source: str | None = None) -> str:
+        """The single-use URL an external system POSTs its result to; pair it with
+        ``Wait.callback(then=..., source=source)``. The same on every attempt of this step."""
+        token = make_token(self._secret, self.run_id, self._next_seq, source)
+        return f"{self._public_url}/callbacks/{token.token}"
+
+    @property
+    def _next_seq(self) -> int:
+        return int(self.idempotency_key.rsplit(":", 1)[1])
 
     def say(self, role: str, content: str) -> None:
         """Append a message to the run's conversation (stored when the step commits)."""

@@ -24,14 +24,17 @@ from typing import Any
 from persistence.errors import (
     ConfigurationError,
     InvalidInput,
+    NotFound,
     PausepointError,
     Retry,
     StaleVersion,
 )
 from persistence.records import (
+    CALLBACK,
     COMPLETED,
     FAILED,
     QUEUED,
+    RESOURCE,
     WAITING,
     Claim,
     NewEvent,
@@ -43,6 +46,7 @@ from persistence.records import (
 from persistence.store import Store
 from tasks.context import StepContext
 from tasks.llm import LLMBackend
+from tasks.tokens import make_token, parse_token
 from tasks.workflow import End, Next, Registry, Step, Wait, Workflow, registry
 
 log = logging.getLogger("pausepoint.runtime")
@@ -76,6 +80,8 @@ class Runtime:
         workflows: Registry = registry,
         redeliver_after: float = 30.0,
         max_attempts: int = 5,
+        secret: bytes | None = None,
+        public_url: str = "http://127.0.0.1:8000",
     ) -> None:
         self.store = store
         self.llm = llm
@@ -83,6 +89,15 @@ class Runtime:
         self.workflows = workflows
         self.redeliver_after = redeliver_after
         self.max_attempts = max_attempts
+        self._secret = secret
+        self.public_url = public_url.rstrip("/")
+
+    @property
+    def secret(self) -> bytes:
+        """The key callback tokens derive from: given in settings, or the store's own."""
+        if self._secret is None:
+            self._secret = self.store.secret()
+        return self._secret
 
     # ------------------------------------------------------------ producers
 
@@ -121,11 +136,48 @@ class Runtime:
         actor: str,
         comment: str = "",
         data: dict[str, Any] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> RunRecord:
-        """Approve or reject a run's pending approval and queue its next step."""
-        run = self.store.decide(run_id, approved=approved, actor=actor, comment=comment, data=data)
+        """Approve or reject a run's pending approval and queue its next step.
+
+        The API and the CLI both decide through here; ``groups`` limits who may.
+        """
+        run = self.store.decide(
+            run_id, approved=approved, actor=actor, comment=comment, data=data, groups=groups
+        )
         self.publish(run)
         return run
+
+    def deliver_callback(
+        self, token: str, payload: Any, *, actor: str = "system"
+    ) -> tuple[str, RunRecord | None]:
+        """Hand an external system's result to the wait its token names.
+
+        ``("resumed", run)``: the run is queued; ``("stored", None)``: it came before
+        the run parked and will be delivered then. Raises NotFound for a token that is
+        not ours, Conflict for a second use, Gone when it is too late.
+        """
+        parsed = parse_token(self.secret, token)
+        if parsed is None:
+            raise NotFound("unknown callback token")
+        outcome, run = self.store.deliver_callback(
+            token_hash=parsed.hash,
+            run_id=parsed.run_id,
+            seq=parsed.seq,
+            source=parsed.source,
+            payload=payload,
+            actor=actor,
+        )
+        if run is not None:
+            self.publish(run)
+        return outcome, run
+
+    def publish_event(self, name: str, key: str, payload: Any, *, actor: str) -> list[RunRecord]:
+        """Resume every run waiting for event ``name`` with ``key``; keep it for later ones."""
+        resumed = self.store.publish_event(name, key, payload, actor=actor)
+        for run in resumed:
+            self.publish(run)
+        return resumed
 
     def sweep(self) -> SweepReport:
         report = self.store.sweep(
@@ -180,6 +232,10 @@ class Runtime:
             log.warning("run %s: lease lost during step %s; result dropped", run_id, claim.run.step)
             return StepReport(run_id, "stale", claim.run.step)
         self.publish(new)
+        if claim.holds and not transition.retry:
+            # Slots came back with this commit: the runs waiting longest get them now.
+            for woken in self.store.wake_resources(claim.holds):
+                self.publish(woken)
         return StepReport(run_id, "committed", claim.run.step, new.status, new.version)
 
     def _execute(self, claim: Claim) -> Transition:
@@ -191,15 +247,24 @@ class Runtime:
             # A worker without this workflow's code: retry, in case another worker has it.
             return self._retry_or_fail(claim, None, exc, retry_delay=5.0)
         try:
-            ctx = StepContext(store=self.store, claim=claim, llm=self.llm)
+            ctx = StepContext(
+                store=self.store,
+                claim=claim,
+                llm=self.llm,
+                secret=self.secret,
+                public_url=self.public_url,
+            )
             outcome = wf.check(step.fn(ctx))
+            if isinstance(outcome, Wait) and outcome.kind == RESOURCE:
+                self.store.get_resource(outcome.resource_name or "")
         except Retry as exc:
             return self._retry_or_fail(claim, step, exc, retry_delay=exc.delay)
-        except ConfigurationError as exc:
+        except (ConfigurationError, NotFound) as exc:
+            # A mistake in the workflow or its setup: retrying cannot fix it.
             return _failed(claim, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             return self._retry_or_fail(claim, step, exc)
-        return _transition(wf, ctx, outcome, now=self.store.clock())
+        return _transition(wf, ctx, outcome, now=self.store.clock(), secret=self.secret)
 
     def _retry_or_fail(
         self,
@@ -287,7 +352,7 @@ def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:
 
 
 def _transition(
-    wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime
+    wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime, secret: bytes
 ) -> Transition:
     messages = tuple(ctx.new_messages)
     if isinstance(outcome, Next):
@@ -302,6 +367,10 @@ def _transition(
         deadline = outcome.deadline
         if deadline is None and outcome.timeout is not None:
             deadline = now + outcome.timeout
+        token_hash = None
+        if outcome.kind == CALLBACK:
+            next_seq = int(ctx.idempotency_key.rsplit(":", 1)[1])
+            token_hash = make_token(secret, ctx.run_id, next_seq, outcome.source).hash
         spec = WaitSpec(
             kind=outcome.kind,
             resume_step=outcome.then,
@@ -310,6 +379,15 @@ def _transition(
             deadline=deadline,
             on_timeout=outcome.on_timeout,
             default_outcome=outcome.default,
+            token_hash=token_hash,
+            escalate_to=outcome.escalate_to,
+            escalate_after=(
+                outcome.escalate_after.total_seconds() if outcome.escalate_after else None
+            ),
+            source=outcome.source,
+            event_name=outcome.event_name,
+            match_key=outcome.match_key,
+            resource=outcome.resource_name,
         )
         paused = NewEvent(
             "paused",

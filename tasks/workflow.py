@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from persistence.errors import ConfigurationError, InvalidInput, WorkflowNotFound
-from persistence.records import APPROVAL, TIMER
+from persistence.records import APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER
 
 if TYPE_CHECKING:
     from tasks.context import StepContext
@@ -49,9 +49,16 @@ class Wait:
     group: str | None = None
     timeout: timedelta | None = None
     deadline: datetime | None = None
-    # At the deadline: "fail" the run, or "default": resume ``then`` with ``default``.
+    # At the deadline: "fail" the run, "default": resume ``then`` with ``default``,
+    # or "escalate" (approvals): hand the decision to ``escalate_to`` for ``escalate_after``.
     on_timeout: str = "fail"
     default: Any = None
+    escalate_to: str | None = None
+    escalate_after: timedelta | None = None
+    source: str | None = None
+    event_name: str | None = None
+    match_key: str | None = None
+    resource_name: str | None = None
 
     @classmethod
     def approval(
@@ -63,9 +70,73 @@ class Wait:
         timeout: timedelta | None = None,
         on_timeout: str = "fail",
         default: Any = None,
+        escalate_to: str | None = None,
+        escalate_after: timedelta | None = None,
     ) -> Wait:
-        """Wait for a person of ``group`` to approve or reject."""
-        return cls(APPROVAL, then, prompt, group, timeout, None, on_timeout, default)
+        """Wait for a person of ``group`` to approve or reject.
+
+        With ``escalate_to``, the deadline hands the decision to that group for
+        ``escalate_after`` more (one day by default) instead of ``on_timeout``.
+        """
+        if escalate_to is not None:
+            on_timeout = "escalate"
+        return cls(
+            APPROVAL,
+            then,
+            prompt,
+            group,
+            timeout,
+            None,
+            on_timeout,
+            default,
+            escalate_to=escalate_to,
+            escalate_after=escalate_after,
+        )
+
+    @classmethod
+    def callback(
+        cls,
+        then: str,
+        *,
+        source: str | None = None,
+        timeout: timedelta | None = None,
+        on_timeout: str = "fail",
+        default: Any = None,
+    ) -> Wait:
+        """Wait for an external system to POST to the URL from ``ctx.callback_url(source)``."""
+        return cls(
+            CALLBACK, then, timeout=timeout, on_timeout=on_timeout, default=default, source=source
+        )
+
+    @classmethod
+    def event(
+        cls,
+        name: str,
+        key: str,
+        then: str,
+        *,
+        timeout: timedelta | None = None,
+        on_timeout: str = "fail",
+        default: Any = None,
+    ) -> Wait:
+        """Wait for ``POST /events/{name}`` whose ``key`` equals ``key``."""
+        return cls(
+            EVENT,
+            then,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            default=default,
+            event_name=name,
+            match_key=key,
+        )
+
+    @classmethod
+    def resource(cls, name: str, then: str, *, timeout: timedelta | None = None) -> Wait:
+        """Run step ``then`` holding one slot of ``name``; park (no worker) until one is free.
+
+        The slot is given back when ``then`` finishes, whatever it returns.
+        """
+        return cls(RESOURCE, then, timeout=timeout, resource_name=name)
 
     @classmethod
     def timer(
@@ -169,8 +240,8 @@ class Workflow:
             self.get_step(outcome.step)
         elif isinstance(outcome, Wait):
             self.get_step(outcome.then)
-            if outcome.on_timeout not in ("fail", "default"):
-                raise ConfigurationError("on_timeout must be 'fail' or 'default'")
+            if outcome.on_timeout not in ("fail", "default", "escalate"):
+                raise ConfigurationError("on_timeout must be 'fail', 'default' or 'escalate'")
         elif not isinstance(outcome, End):
             raise ConfigurationError(
                 f"a step of {self.name!r} returned {outcome!r}; return Next, Wait or End"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tasks.context import StepContext
-from tasks.workflow import End, Next, Outcome, Workflow
+from tasks.workflow import End, Next, Outcome, Wait, Workflow
 
 slow = Workflow("slow", description="A step that takes input.sleep seconds on its first attempt.")
 
@@ -21,3 +21,54 @@ def work(ctx: StepContext) -> Outcome:
 @slow.step
 def finish(ctx: StepContext) -> Outcome:
     return End({"attempt": ctx.attempt, "history": len(ctx.history)})
+
+
+payment = Workflow("payment", description="Hand a payment system a callback URL and wait for it.")
+
+
+@payment.step
+def request(ctx: StepContext) -> Outcome:
+    url = ctx.callback_url(ctx.input.get("source"))
+    ctx.state["callback_url"] = url
+    if ctx.input.get("answer_at_once"):
+        # An external system so fast that its callback arrives before this step commits.
+        import httpx
+
+        answer = httpx.post(url, json={"paid": True, "early": True}, timeout=10)
+        ctx.state["early_status"] = answer.status_code
+    return Wait.callback("settle", source=ctx.input.get("source"))
+
+
+@payment.step
+def settle(ctx: StepContext) -> Outcome:
+    assert ctx.resumed is not None
+    return End({"callback": ctx.resumed.outcome["payload"]})
+
+
+order = Workflow("order", description="Wait for the order.paid event of input.order_id.")
+
+
+@order.step
+def await_payment(ctx: StepContext) -> Outcome:
+    return Wait.event("order.paid", key=str(ctx.input["order_id"]), then="ship")
+
+
+@order.step
+def ship(ctx: StepContext) -> Outcome:
+    assert ctx.resumed is not None
+    return End({"shipped": ctx.input["order_id"], "event": ctx.resumed.outcome["payload"]})
+
+
+gpu = Workflow("gpu", description="Take a slot of the `gpu` resource for one step.")
+
+
+@gpu.step
+def enter(ctx: StepContext) -> Outcome:
+    return Wait.resource(str(ctx.input.get("resource", "gpu")), then="compute")
+
+
+@gpu.step
+def compute(ctx: StepContext) -> Outcome:
+    started = time.time()
+    time.sleep(float(ctx.input.get("sleep", 0)))
+    return End({"start": started, "end": time.time()})

@@ -91,6 +91,8 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
     def publish(run_id: str, version: int) -> None:
         run_step.apply_async((run_id, version))
 
+    for name, slots in settings.resources.items():
+        store.set_resource(name, slots)
     return Runtime(
         store,
         llm=llm,
@@ -98,6 +100,8 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         workflows=registry,
         redeliver_after=settings.redeliver_after,
         max_attempts=settings.max_attempts,
+        secret=settings.secret_bytes(),
+        public_url=settings.public_url,
     )
 
 

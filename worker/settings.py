@@ -7,8 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROLES = ("admin", "producer", "approver", "system", "viewer")
+
+
+class ApiKey(BaseModel):
+    """One API key: who it is, what it may do, and which approver groups it belongs to."""
+
+    name: str
+    key: SecretStr
+    roles: list[Literal["admin", "producer", "approver", "system", "viewer"]]
+    groups: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -48,6 +59,57 @@ class Settings(BaseSettings):
         0.05, gt=0, description="Seconds between polls of a SQLite broker."
     )
     log_level: str = Field("INFO", description="Log level of worker and beat.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of the HTTP API as external systems reach it (callback URLs).",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Hex key for callback tokens; by default a random one kept in the store.",
+    )
+    resources: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Named capacities, e.g. 'llm-quota=5,gpu=2'.",
+    )
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list: [{"name": "alice", "key": "...", "roles": ["approver"], '
+        '"groups": ["underwriters"]}]. Roles: admin, producer, approver, system, viewer.',
+    )
+    callback_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='JSON object of HMAC secrets per callback source: {"payments": "..."}.',
+    )
+    max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body the API accepts."
+    )
+    api_host: str = Field("127.0.0.1", description="Where `pausepoint api` listens.")
+    api_port: int = Field(8000, description="Port of `pausepoint api`.")
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources(cls, value: object) -> object:
+        if isinstance(value, str):
+            out: dict[str, int] = {}
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                name, sep, slots = part.partition("=")
+                if not sep or not slots.strip().isdigit():
+                    raise ValueError(f"expected name=slots, got {part.strip()!r}")
+                out[name.strip()] = int(slots)
+            return out
+        return value
+
+    def secret_bytes(self) -> bytes | None:
+        if self.secret_key is None:
+            return None
+        try:
+            return bytes.fromhex(self.secret_key.get_secret_value())
+        except ValueError:
+            raise ValueError(
+                "PAUSEPOINT_SECRET_KEY must be hex (e.g. `openssl rand -hex 32`)"
+            ) from None
 
     @field_validator("workflows", mode="before")
     @classmethod
