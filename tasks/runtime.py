@@ -112,6 +112,27 @@ class Runtime:
         actor: str = "api",
     ) -> RunRecord:
         """Start a run of ``workflow`` for ``agent``; with a used idempotency key, the same run."""
+        run, _ = self.start_run(
+            workflow,
+            agent=agent,
+            task=task,
+            input=input,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+        return run
+
+    def start_run(
+        self,
+        workflow: str,
+        *,
+        agent: str,
+        task: str = "",
+        input: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+    ) -> tuple[RunRecord, bool]:
+        """Like :meth:`start`, and whether this call created the run."""
         if input is not None and not isinstance(input, dict):
             raise InvalidInput("run input must be a JSON object")
         wf = self.workflows.get(workflow)
@@ -126,7 +147,7 @@ class Runtime:
         )
         if created:
             self.publish(run)
-        return run
+        return run, created
 
     def decide(
         self,

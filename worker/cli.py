@@ -357,6 +357,120 @@ def reject(
     _decide(run_id, False, comment, by, None)
 
 
+# -------------------------------------------------------------------- waits
+
+
+@cli.command()
+@friendly
+def waits() -> None:
+    """List pending waits and their deadlines."""
+    from rich.table import Table
+
+    from persistence.records import PENDING
+    from worker.render import ago, short, when
+
+    store = open_store()
+    table = Table(title="Pending waits", header_style="bold")
+    for col in ("run", "kind", "for", "group", "deadline", "prompt"):
+        table.add_column(col)
+    for w in store.waits(status=PENDING):
+        what = (w.event_name and f"{w.event_name}={w.match_key}") or w.resource or w.source or ""
+        deadline = f"{when(w.deadline)} ({ago(w.deadline)})" if w.deadline else "-"
+        table.add_row(
+            w.run_id[:12],
+            w.kind,
+            Text(what),
+            Text(w.approver_group or ""),
+            deadline,
+            Text(short(w.prompt, 50)),
+        )
+    console.print(table)
+
+
+@cli.command()
+@friendly
+def callback(
+    token: Annotated[str, typer.Argument(help="The token at the end of the callback URL.")],
+    data: Annotated[str, typer.Option(help="The result, as a JSON value.")] = "{}",
+) -> None:
+    """Deliver a callback by hand (for scripts), the same way POST /callbacks/TOKEN does."""
+    from worker.app import create_app, runtime
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--data is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    rt = runtime(create_app(settings()))
+    _, run = rt.deliver_callback(token, payload, actor=default_actor())
+    if run is not None:
+        console.print(Text.assemble("run ", (run.id, "bold"), f" resumed at step {run.step}"))
+    else:
+        console.print("stored: the run has not parked yet; it gets the callback when it does")
+
+
+@cli.command()
+@friendly
+def event(
+    name: Annotated[str, typer.Argument(help="The event's name, e.g. order.paid.")],
+    key: Annotated[str, typer.Option(help="Runs waiting with this key resume.")],
+    data: Annotated[str | None, typer.Option(help="More payload, as a JSON object.")] = None,
+) -> None:
+    """Publish an event, the same way POST /events/NAME does."""
+    from worker.app import create_app, runtime
+
+    payload = {**(parse_json_object(data, "--data") or {}), "key": key}
+    resumed = runtime(create_app(settings())).publish_event(
+        name, key, payload, actor=default_actor()
+    )
+    console.print(f"{len(resumed)} run(s) resumed")
+
+
+@cli.command()
+@friendly
+def resource(
+    name: Annotated[str, typer.Argument(help="The resource, e.g. llm-quota.")],
+    slots: Annotated[int, typer.Option(help="How many runs may hold it at once.", min=0)],
+) -> None:
+    """Create a named capacity, or change its slots."""
+    from worker.app import create_app, runtime
+
+    rt = runtime(create_app(settings()))
+    record = rt.store.set_resource(name, slots)
+    for run in rt.store.wake_resources([name]):
+        rt.publish(run)
+    console.print(Text(f"{record.name}: {record.in_use}/{record.capacity} slots in use"))
+
+
+@cli.command()
+@friendly
+def resources() -> None:
+    """List named capacities and how much of each is in use."""
+    for r in open_store().list_resources():
+        console.print(Text(f"{r.name}: {r.in_use}/{r.capacity} slots in use"))
+
+
+@cli.command()
+@friendly
+def api(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the HTTP API and the approval page (uvicorn)."""
+    import uvicorn
+
+    from worker.api import create_api
+
+    s = settings()
+    Store.from_url(s.store_url).close()
+    uvicorn.run(
+        create_api(s),
+        host=host or s.api_host,
+        port=port or s.api_port,
+        log_level=s.log_level.lower(),
+        access_log=False,
+    )
+
+
 # ----------------------------------------------------------------------- db
 
 

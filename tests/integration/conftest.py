@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from persistence.records import RunRecord
@@ -92,6 +95,70 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+API_KEYS = [
+    {"name": "alice", "key": "key-alice", "roles": ["approver"], "groups": ["underwriters"]},
+    {"name": "mallory", "key": "key-mallory", "roles": ["approver"], "groups": ["interns"]},
+    {"name": "producer", "key": "key-producer", "roles": ["producer"]},
+    {"name": "partner", "key": "key-partner", "roles": ["system"]},
+    {"name": "viewer", "key": "key-viewer", "roles": ["viewer"]},
+    {"name": "root", "key": "key-root", "roles": ["admin"]},
+]
+CALLBACK_SECRETS = {"signed": "shared-secret-of-signed"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ApiProcess:
+    """`pausepoint api` (uvicorn) as a real process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = int(env["PAUSEPOINT_API_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> ApiProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "api"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"api exited:\n{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"api not ready in {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
 @dataclass
 class Cluster:
     """A store, a broker, a producer runtime, and the worker processes of one test."""
@@ -102,6 +169,13 @@ class Cluster:
     runtime: Runtime
     workers: list[WorkerProcess] = field(default_factory=list)
     app: Any = None
+    apis: list[ApiProcess] = field(default_factory=list)
+
+    def api(self) -> ApiProcess:
+        """Start `pausepoint api` on this cluster's store and broker (keys: API_KEYS)."""
+        a = ApiProcess(self.env, self.tmp / f"api{len(self.apis)}.log")
+        self.apis.append(a)
+        return a.start()
 
     @property
     def store(self) -> Store:
@@ -134,6 +208,7 @@ class Cluster:
 @pytest.fixture(params=["embedded", "postgres_redis"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     with _backend(request.param, tmp_path) as (store_url, broker_url):
+        port = free_port()
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -144,6 +219,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             "PAUSEPOINT_SWEEP_INTERVAL": "0.5",
             "PAUSEPOINT_REDELIVER_AFTER": "3",
             "PAUSEPOINT_LEASE_SECONDS": "4",
+            "PAUSEPOINT_API_PORT": str(port),
+            "PAUSEPOINT_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "PAUSEPOINT_API_KEYS": json.dumps(API_KEYS),
+            "PAUSEPOINT_CALLBACK_SECRETS": json.dumps(CALLBACK_SECRETS),
+            "PAUSEPOINT_RESOURCES": "gpu=2",
         }
         settings = Settings(
             store_url=store_url,
@@ -151,6 +231,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             workflows=["tasks.examples", "tests.workflows"],
             redeliver_after=3,
             lease_seconds=4,
+            resources={"gpu": 2},
+            public_url=f"http://127.0.0.1:{env['PAUSEPOINT_API_PORT']}",
         )
         app = create_app(settings)
         c = Cluster(request.param, env, tmp_path, runtime(app), app=app)
@@ -158,6 +240,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         try:
             yield c
         finally:
+            for a in c.apis:
+                a.stop()
             for w in c.workers:
                 w.stop()
             forget_runtimes()

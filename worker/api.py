@@ -1,0 +1,289 @@
+"""The HTTP API (FastAPI): producers start runs, people decide, systems call back.
+
+    pausepoint api            # uvicorn on PAUSEPOINT_API_HOST:PAUSEPOINT_API_PORT
+
+Every error is a JSON body ``{"error": "..."}`` with a 4xx status; nothing
+stored changes when a request is refused. The approval page lives in
+:mod:`worker.web`, on the same app.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from persistence.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    InvalidInput,
+    NotFound,
+    PausepointError,
+    Unauthorized,
+)
+from persistence.records import PENDING, RUN_STATUSES
+from tasks.runtime import Runtime
+from tasks.tokens import parse_token, verify_signature
+from worker.auth import Keyring, Principal
+from worker.serialize import plain
+from worker.settings import Settings
+
+
+class PayloadTooLarge(PausepointError):
+    """The request body is larger than PAUSEPOINT_MAX_BODY_BYTES."""
+
+
+STATUS_OF: list[tuple[type[Exception], int]] = [
+    (PayloadTooLarge, 413),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Gone, 410),
+    (Conflict, 409),
+    (InvalidInput, 422),
+]
+
+
+class StartRun(BaseModel):
+    workflow: str = Field(min_length=1, max_length=200)
+    agent: str = Field(min_length=1, max_length=200)
+    task: str = ""
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class Decision(BaseModel):
+    comment: str = Field("", max_length=10_000)
+    input: dict[str, Any] | None = Field(None, description="Edited input for the next step.")
+
+
+def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The caller, from `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    key = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    keyring: Keyring = request.app.state.keyring
+    return keyring.authenticate(key)
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def create_api(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
+    """The API on the store and broker that ``settings`` name."""
+    from worker.app import create_app, runtime
+
+    settings = settings or Settings()
+    celery_app = celery_app or create_app(settings)
+    rt: Runtime = runtime(celery_app)
+    keyring = Keyring(settings.api_keys, rt.secret)
+    api = FastAPI(
+        title="Pausepoint",
+        version="0.1.0",
+        description="Durable, pausable AI agents: start runs, decide approvals, call back.",
+    )
+    api.state.runtime = rt
+    api.state.keyring = keyring
+    api.state.settings = settings
+
+    @api.exception_handler(PausepointError)
+    async def _known(request: Request, exc: PausepointError) -> JSONResponse:
+        for cls, status in STATUS_OF:
+            if isinstance(exc, cls):
+                return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":
+                where = e.get("loc", ("body", "?"))[-1]
+                problems.append(f"the body is not valid JSON (at character {where})")
+            else:
+                field = ".".join(str(p) for p in e.get("loc", ())[1:]) or "body"
+                problems.append(f"{field}: {e.get('msg')}")
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    @api.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {"error": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @api.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        with rt.store.read() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @api.post("/runs", status_code=201, tags=["producers"])
+    def start_run(
+        body: StartRun,
+        caller: Caller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Start a run. With an `Idempotency-Key`, a retried request returns the same run."""
+        caller.require("producer")
+        run, created = rt.start_run(
+            body.workflow,
+            agent=body.agent,
+            task=body.task,
+            input=body.input,
+            idempotency_key=idempotency_key,
+            actor=caller.actor,
+        )
+        return JSONResponse(plain(run), status_code=201 if created else 200)
+
+    @api.get("/runs", tags=["producers"])
+    def list_runs(
+        caller: Caller,
+        status: str | None = None,
+        agent: str | None = None,
+        workflow: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; one of: {', '.join(RUN_STATUSES)}")
+        runs = rt.store.list_runs(status=status, agent=agent, workflow=workflow, limit=limit)
+        return [plain(r) for r in runs]
+
+    @api.get("/runs/{run_id}", tags=["producers"])
+    def get_run(run_id: str, caller: Caller) -> dict[str, Any]:
+        """A run with its state, conversation, waits and audit trail."""
+        return run_detail(rt, run_id)
+
+    @api.get("/runs/{run_id}/events", tags=["auditors"])
+    def run_events(run_id: str, caller: Caller) -> list[dict[str, Any]]:
+        return [plain(e) for e in rt.store.events(run_id)]
+
+    def decide(run_id: str, approved: bool, body: Decision | None, caller: Principal) -> Any:
+        groups = caller.approver_groups()
+        run = rt.decide(
+            run_id,
+            approved=approved,
+            actor=caller.actor,
+            comment=body.comment if body else "",
+            data=body.input if body else None,
+            groups=groups,
+        )
+        return plain(run)
+
+    @api.post("/runs/{run_id}/approve", tags=["people"])
+    def approve(run_id: str, caller: Caller, body: Decision | None = None) -> Any:
+        """Approve the run's pending approval (an approver of its group, or an admin)."""
+        return decide(run_id, True, body, caller)
+
+    @api.post("/runs/{run_id}/reject", tags=["people"])
+    def reject(run_id: str, caller: Caller, body: Decision | None = None) -> Any:
+        return decide(run_id, False, body, caller)
+
+    @api.get("/waits", tags=["people"])
+    def list_waits(caller: Caller) -> list[dict[str, Any]]:
+        return [plain(w) for w in rt.store.waits(status=PENDING)]
+
+    @api.post("/callbacks/{token}", tags=["systems"])
+    async def callback(
+        token: str,
+        request: Request,
+        x_pausepoint_timestamp: Annotated[str | None, Header()] = None,
+        x_pausepoint_signature: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """An external system's result for the run that handed out this URL.
+
+        Signed with HMAC-SHA256 when its source has a secret (`X-Pausepoint-Timestamp`,
+        `X-Pausepoint-Signature: sha256=...` over `timestamp.body`).
+        """
+        raw = await read_body(request, settings.max_body_bytes)
+        parsed = parse_token(rt.secret, token)
+        if parsed is None:
+            raise NotFound("unknown callback token")
+        source = parsed.source
+        secret = settings.callback_secrets.get(source) if source else None
+        if secret is not None:
+            problem = verify_signature(
+                secret.get_secret_value(),
+                x_pausepoint_timestamp,
+                x_pausepoint_signature,
+                raw,
+                time.time(),
+            )
+            if problem:
+                raise Unauthorized(f"bad signature: {problem}")
+        payload = parse_json(raw)
+        outcome, run = await run_in_threadpool(
+            rt.deliver_callback, token, payload, actor=f"source:{source or 'callback'}"
+        )
+        if outcome == "stored":
+            return JSONResponse(
+                {
+                    "status": "stored",
+                    "detail": "the run has not parked yet; delivered when it does",
+                },
+                status_code=202,
+            )
+        return JSONResponse({"status": "resumed", "run": run.id if run else None})
+
+    @api.post("/events/{name}", tags=["systems"])
+    async def event(name: str, request: Request, caller: Caller) -> dict[str, Any]:
+        """Resume every run waiting for event `name` whose key equals the body's `key`."""
+        caller.require("system")
+        raw = await read_body(request, settings.max_body_bytes)
+        payload = parse_json(raw)
+        if not isinstance(payload, dict) or not isinstance(payload.get("key"), str):
+            raise InvalidInput('an event body is a JSON object with a string "key"')
+        resumed = await run_in_threadpool(
+            rt.publish_event, name, payload["key"], payload, actor=caller.actor
+        )
+        return {"resumed": [r.id for r in resumed]}
+
+    from worker.web import mount_ui
+
+    mount_ui(api, rt, keyring)
+    return api
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes even without a Content-Length."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+def run_detail(rt: Runtime, run_id: str) -> dict[str, Any]:
+    store = rt.store
+    run = store.get_run(run_id)
+    return {
+        "run": plain(run),
+        "state": store.checkpoint(run_id).state,
+        "history": [plain(m) for m in store.history(run_id, stop=run.history_len)],
+        "waits": [plain(w) for w in store.waits(run_id)],
+        "events": [plain(e) for e in store.events(run_id)],
+    }
