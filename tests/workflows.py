@@ -72,3 +72,27 @@ def compute(ctx: StepContext) -> Outcome:
     started = time.time()
     time.sleep(float(ctx.input.get("sleep", 0)))
     return End({"start": started, "end": time.time()})
+
+
+deadline = Workflow("deadline", description="An approval that times out after input.seconds.")
+
+
+@deadline.step
+def ask_approval(ctx: StepContext) -> Outcome:
+    from datetime import timedelta
+
+    return Wait.approval(
+        "decided",
+        group="underwriters",
+        timeout=timedelta(seconds=float(ctx.input.get("seconds", 1))),
+        on_timeout=str(ctx.input.get("on_timeout", "fail")),
+        default={"approved": False, "decision": "timed out", "by": "policy"},
+        escalate_to=ctx.input.get("escalate_to"),
+        escalate_after=timedelta(seconds=float(ctx.input.get("escalate_after", 1))),
+    )
+
+
+@deadline.step
+def decided(ctx: StepContext) -> Outcome:
+    assert ctx.resumed is not None
+    return End({"decision": ctx.resumed.outcome["decision"], "by": ctx.resumed.outcome["by"]})

@@ -39,7 +39,18 @@ from persistence.store import Store
 from tasks.llm import ScriptedBackend
 from tasks.runtime import Runtime
 
-TABLES = ("agents", "runs", "checkpoints", "messages", "events", "waits")
+TABLES = (
+    "agents",
+    "runs",
+    "checkpoints",
+    "messages",
+    "events",
+    "waits",
+    "deliveries",
+    "resources",
+    "resource_holders",
+    "meta",
+)
 LOAN_TASK = "Loan application L-1042: amount $25,000, annual income $90,000, existing debt $5,000"
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"  # the shape of a real run id
 # Environment variables that would change how rich renders, or what the CLI reads.
