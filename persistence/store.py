@@ -449,24 +449,35 @@ class Store:
                 NewEvent("resumed", {"step": wait.resume_step}),
             ]
         if wait.kind == EVENT:
-            row = (
-                conn.execute(
-                    select(deliveries)
-                    .where(
-                        deliveries.c.kind == EVENT,
-                        deliveries.c.event_name == wait.event_name,
-                        deliveries.c.match_key == wait.match_key,
-                        deliveries.c.received_at >= run.created_at,
+            # An event this run was already resumed by does not count twice.
+            used = [
+                o["delivery"]
+                for o in conn.execute(
+                    select(waits.c.outcome).where(
+                        waits.c.run_id == run.id, waits.c.kind == EVENT, waits.c.status == FULFILLED
                     )
-                    .order_by(deliveries.c.id.desc())
-                    .limit(1)
+                ).scalars()
+                if isinstance(o, dict) and isinstance(o.get("delivery"), int)
+            ]
+            query = (
+                select(deliveries)
+                .where(
+                    deliveries.c.kind == EVENT,
+                    deliveries.c.event_name == wait.event_name,
+                    deliveries.c.match_key == wait.match_key,
+                    deliveries.c.received_at >= run.created_at,
                 )
-                .mappings()
-                .first()
+                .order_by(deliveries.c.id.desc())
+                .limit(1)
             )
+            if used:
+                query = query.where(deliveries.c.id.not_in(used))
+            row = conn.execute(query).mappings().first()
             if row is None:
                 return None
-            outcome = _event_outcome(wait.event_name, row["payload"], row["received_at"])
+            outcome = _event_outcome(
+                wait.event_name, row["payload"], row["received_at"], int(row["id"])
+            )
             info = {"event": wait.event_name, "key": wait.match_key, "early": True}
             return outcome, [
                 NewEvent("event_received", info),
@@ -612,7 +623,7 @@ class Store:
         payload = ensure_json(payload, "event payload")
         with self.write() as conn:
             now = self.clock()
-            conn.execute(
+            delivery = conn.execute(
                 insert(deliveries).values(
                     kind=EVENT,
                     event_name=name,
@@ -621,7 +632,8 @@ class Store:
                     payload=payload,
                     received_at=now,
                 )
-            )
+            ).inserted_primary_key
+            assert delivery is not None
             rows = (
                 conn.execute(
                     select(waits)
@@ -641,9 +653,8 @@ class Store:
                 run = queries.get_run(conn, wait.run_id, for_update=True)
                 if run.status != WAITING or run.seq != wait.seq:
                     continue
-                self._close_wait(
-                    conn, wait, FULFILLED, _event_outcome(name, payload, now), actor, now
-                )
+                outcome = _event_outcome(name, payload, now, int(delivery[0]))
+                self._close_wait(conn, wait, FULFILLED, outcome, actor, now)
                 resumed.append(
                     self._apply(
                         conn,
@@ -1301,8 +1312,15 @@ def _callback_outcome(payload: Any, source: str | None, received_at: datetime) -
     return {"payload": payload, "source": source, "received_at": received_at.isoformat()}
 
 
-def _event_outcome(name: str | None, payload: Any, received_at: datetime) -> dict[str, Any]:
-    return {"event": name, "payload": payload, "received_at": received_at.isoformat()}
+def _event_outcome(
+    name: str | None, payload: Any, received_at: datetime, delivery: int
+) -> dict[str, Any]:
+    return {
+        "event": name,
+        "payload": payload,
+        "received_at": received_at.isoformat(),
+        "delivery": delivery,
+    }
 
 
 def _resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:

@@ -229,3 +229,32 @@ def test_approvals_are_limited_to_their_group_and_escalate_at_the_deadline(
 
 def test_workflows_module_registers_the_test_workflows() -> None:
     assert {"payment", "order", "gpu"} <= set(registry.names())
+
+
+def test_an_event_resumes_a_run_once_even_if_it_waits_for_it_again(
+    rt: Runtime, store: Store, published: list[tuple[str, int]]
+) -> None:
+    reg = Registry()
+    wf = Workflow("twice", registry=reg)
+
+    @wf.step
+    def first(ctx: StepContext) -> Outcome:
+        return Wait.event("tick", key="k", then="second")
+
+    @wf.step
+    def second(ctx: StepContext) -> Outcome:
+        return Wait.event("tick", key="k", then="third")
+
+    @wf.step
+    def third(ctx: StepContext) -> Outcome:
+        return End("two ticks")
+
+    rt.workflows = reg
+    run = rt.start("twice", agent="ops")
+    drain(rt, published)
+    rt.publish_event("tick", "k", {"n": 1}, actor="clock")
+    drain(rt, published)
+    assert store.get_run(run.id).status == WAITING  # the first tick does not count twice
+    rt.publish_event("tick", "k", {"n": 2}, actor="clock")
+    drain(rt, published)
+    assert store.get_run(run.id).result == "two ticks"
