@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from persistence.errors import (
     Conflict,
@@ -117,14 +119,11 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
                 problems.append(f"{field}: {e.get('msg')}")
         return JSONResponse({"error": "; ".join(problems)}, status_code=422)
 
-    @api.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"error": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @api.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -256,6 +255,37 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
 
     mount_ui(api, rt, keyring)
     return api
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes: by Content-Length before reading, and by
+    counting what arrives for chunked bodies, whichever route reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body over {self.limit} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await JSONResponse({"error": too_large}, status_code=413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # An HTTPException passes through FastAPI's body parsing unchanged.
+                    raise StarletteHTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
