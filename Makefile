@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit lint clean
+.PHONY: demo test unit lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(VENV)/.dev
 
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest tests/unit tests/contract -k "not postgres"
+
+# Resume latency, on Redis + Postgres and on the embedded default (not a test).
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench resume
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -26,7 +26,7 @@ COOKIE = "pausepoint_session"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:.8rem 1.5rem;display:flex;justify-content:space-between;align-items:center}
-header a,header button{color:#fff}
+header a{color:#fff}header button{color:#1d2330;background:#fff;border-color:#fff;margin-left:.5rem}
 main{max-width:960px;margin:1.5rem auto;padding:0 1rem}
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:1rem 1.2rem;margin-bottom:1rem}
 .muted{color:#667}.due{font-weight:600}.late{color:#b00}
@@ -88,7 +88,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
 
     @api.get("/ui/login", include_in_schema=False)
     def login_page(error: str = "") -> HTMLResponse:
-        note = f'<p class="flash">{esc(error)}</p>' if error else ""
+        note = f'<p class="flash" role="alert">{esc(error)}</p>' if error else ""
         return page(
             "Log in",
             f"""<div class="card"><h1>Log in</h1>{note}
@@ -104,7 +104,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         try:
             principal = keyring.authenticate(fields.get("key", ""))
         except Unauthorized as exc:
-            return RedirectResponse(f"/ui/login?error={esc(exc)}", status_code=303)
+            return RedirectResponse(f"/ui/login?error={quote(str(exc))}", status_code=303)
         response = RedirectResponse("/ui", status_code=303)
         response.set_cookie(
             COOKIE,
@@ -184,7 +184,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
                 groups=principal.approver_groups(),
             )
         except PausepointError as exc:
-            return RedirectResponse(f"/ui?flash={esc(exc)}", status_code=303)
+            return RedirectResponse(f"/ui?flash={quote(str(exc))}", status_code=303)
         return RedirectResponse(f"/ui/runs/{run_id}", status_code=303)
 
     @api.get("/ui/runs/{run_id}", include_in_schema=False)

@@ -82,9 +82,11 @@ class WorkerProcess:
         if self.proc is None or self.proc.poll() is not None:
             self.kill()
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        # Warm shutdown goes through the main process; signalling the whole group would
+        # also kill the pool children under it, which can stall the shutdown.
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(20)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
             pass
         self.kill()
