@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import RowMapping
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 # Run statuses. ACTIVE and PAUSED belong to the seed API's script sessions.
 QUEUED = "queued"
@@ -40,8 +43,17 @@ CANCELLED_WAIT = "cancelled"
 SESSION_WORKFLOW = "__session__"
 
 
+class Row:
+    """Builds a record dataclass from a result row with the same column names."""
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Self:
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        return cls(**{f: row[f] for f in fields})
+
+
 @dataclass(frozen=True)
-class AgentRecord:
+class AgentRecord(Row):
     name: str
     persona: str
     instruction: str
@@ -50,13 +62,9 @@ class AgentRecord:
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_row(cls, row: RowMapping) -> AgentRecord:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunRecord(Row):
     id: str
     agent_name: str
     workflow: str
@@ -84,17 +92,13 @@ class RunRecord:
     updated_at: datetime
     finished_at: datetime | None
 
-    @classmethod
-    def from_row(cls, row: RowMapping) -> RunRecord:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(Row):
     run_id: str
     seq: int
     step: str | None
@@ -102,29 +106,21 @@ class Checkpoint:
     history_len: int
     created_at: datetime
 
-    @classmethod
-    def from_row(cls, row: RowMapping) -> Checkpoint:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
-class Message:
+class Message(Row):
     idx: int
     role: str
     content: str
     seq: int
     created_at: datetime
 
-    @classmethod
-    def from_row(cls, row: RowMapping) -> Message:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
     def as_chat(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(Row):
     run_id: str
     n: int
     kind: str
@@ -134,13 +130,9 @@ class Event:
     prev_hash: str
     hash: str
 
-    @classmethod
-    def from_row(cls, row: RowMapping) -> Event:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
-class WaitRecord:
+class WaitRecord(Row):
     id: int
     run_id: str
     seq: int
@@ -162,10 +154,6 @@ class WaitRecord:
     decided_by: str | None
     created_at: datetime
     decided_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: RowMapping) -> WaitRecord:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -239,15 +227,11 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class ResourceRecord:
+class ResourceRecord(Row):
     name: str
     capacity: int
     in_use: int
     updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: RowMapping) -> ResourceRecord:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
