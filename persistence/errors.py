@@ -86,10 +86,6 @@ class Forbidden(PausepointError):
     """Valid credentials that do not allow this (an approver of another group)."""
 
 
-class StepError(PausepointError):
-    """A workflow step failed in a way that retrying will not fix."""
-
-
 class Retry(PausepointError):
     """Raised by a step (or the runtime) to ask for another attempt after ``delay`` seconds."""
 

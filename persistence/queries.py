@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
 from persistence.records import (
@@ -95,11 +95,6 @@ def list_runs(
     if not include_sessions:
         query = query.where(runs.c.workflow != SESSION_WORKFLOW)
     return [RunRecord.from_row(r) for r in conn.execute(query).mappings()]
-
-
-def count_runs_by_status(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
-    return {status: int(n) for status, n in rows}
 
 
 def latest_checkpoint(conn: Connection, run: RunRecord) -> Checkpoint:

@@ -33,7 +33,6 @@ CALLBACK = "callback"
 EVENT = "event"
 RESOURCE = "resource"
 TIMER = "timer"
-WAIT_KINDS = (APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER)
 PENDING = "pending"
 FULFILLED = "fulfilled"
 EXPIRED = "expired"
@@ -242,7 +241,3 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
     resource_wakeups: list[str] = field(default_factory=list)
-
-    @property
-    def to_publish(self) -> list[tuple[str, int]]:
-        return self.republished

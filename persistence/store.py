@@ -1292,10 +1292,6 @@ class Store:
         with self.read() as conn:
             return queries.list_waits(conn, run_id, status=status)
 
-    def resumed_wait(self, run: RunRecord) -> WaitRecord | None:
-        with self.read() as conn:
-            return queries.resumed_wait(conn, run)
-
 
 def _same_request(
     run: RunRecord, agent_name: str, workflow: str, task: str, input: dict[str, Any]

@@ -72,6 +72,8 @@ class StepContext:
         self.resumed: WaitRecord | None = claim.resumed
         self.history = History(store, run.id, claim.checkpoint.history_len)
         self.idempotency_key = claim.idempotency_key
+        # The checkpoint this step's commit will write.
+        self.next_seq = claim.checkpoint.seq + 1
         self.new_messages: list[NewMessage] = []
         self._secret = secret
         self._public_url = public_url.rstrip("/")
@@ -79,12 +81,8 @@ class StepContext:
     def callback_url(self, source: str | None = None) -> str:
         """The single-use URL an external system POSTs its result to; pair it with
         ``Wait.callback(then=..., source=source)``. The same on every attempt of this step."""
-        token = make_token(self._secret, self.run_id, self._next_seq, source)
+        token = make_token(self._secret, self.run_id, self.next_seq, source)
         return f"{self._public_url}/callbacks/{token.token}"
-
-    @property
-    def _next_seq(self) -> int:
-        return int(self.idempotency_key.rsplit(":", 1)[1])
 
     def say(self, role: str, content: str) -> None:
         """Append a message to the run's conversation (stored when the step commits)."""

@@ -390,8 +390,7 @@ def _transition(
             deadline = now + outcome.timeout
         token_hash = None
         if outcome.kind == CALLBACK:
-            next_seq = int(ctx.idempotency_key.rsplit(":", 1)[1])
-            token_hash = make_token(secret, ctx.run_id, next_seq, outcome.source).hash
+            token_hash = make_token(secret, ctx.run_id, ctx.next_seq, outcome.source).hash
         spec = WaitSpec(
             kind=outcome.kind,
             resume_step=outcome.then,

@@ -36,7 +36,7 @@ from persistence.records import PENDING, RUN_STATUSES
 from tasks.runtime import Runtime
 from tasks.tokens import parse_token, verify_signature
 from worker.auth import Keyring, Principal
-from worker.serialize import plain
+from worker.serialize import plain, run_detail
 from worker.settings import Settings
 
 
@@ -165,7 +165,7 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
     @api.get("/runs/{run_id}", tags=["producers"])
     def get_run(run_id: str, caller: Caller) -> dict[str, Any]:
         """A run with its state, conversation, waits and audit trail."""
-        return run_detail(rt, run_id)
+        return run_detail(rt.store, run_id)
 
     @api.get("/runs/{run_id}/events", tags=["auditors"])
     def run_events(run_id: str, caller: Caller) -> list[dict[str, Any]]:
@@ -305,15 +305,3 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-
-
-def run_detail(rt: Runtime, run_id: str) -> dict[str, Any]:
-    store = rt.store
-    run = store.get_run(run_id)
-    return {
-        "run": plain(run),
-        "state": store.checkpoint(run_id).state,
-        "history": [plain(m) for m in store.history(run_id, stop=run.history_len)],
-        "waits": [plain(w) for w in store.waits(run_id)],
-        "events": [plain(e) for e in store.events(run_id)],
-    }

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from persistence.errors import InvalidInput, PausepointError
 from persistence.store import Store
+from worker.serialize import plain, run_detail
 from worker.settings import Settings
 
 P = ParamSpec("P")
@@ -266,15 +267,9 @@ def runs(
     found = open_store().list_runs(status=status, agent=agent, workflow=workflow, limit=limit)
     if as_json:
         for run in found:
-            print(json.dumps(_run_json(run)))
+            print(json.dumps(plain(run)))
         return
     console.print(runs_table(found, compact=console.width < WIDE))
-
-
-def _run_json(run: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in asdict(run).items()}
 
 
 @cli.command()
@@ -288,30 +283,14 @@ def show(
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
+    if as_json:
+        print(json.dumps(run_detail(store, run_id), indent=2))
+        return
     run = store.get_run(run_id)
     checkpoint = store.checkpoint(run_id)
     history = store.history(run_id, stop=run.history_len)
     waits = store.waits(run_id)
     events = store.events(run_id)
-    if as_json:
-        from dataclasses import asdict
-
-        def plain(x: Any) -> Any:
-            return json.loads(json.dumps(asdict(x), default=str))
-
-        print(
-            json.dumps(
-                {
-                    "run": plain(run),
-                    "state": checkpoint.state,
-                    "history": [plain(m) for m in history],
-                    "waits": [plain(w) for w in waits],
-                    "events": [plain(e) for e in events],
-                },
-                indent=2,
-            )
-        )
-        return
     console.print(run_panel(run, checkpoint, history, waits, events))
 
 
