@@ -51,6 +51,18 @@ def rt(store: Store, llm: ScriptedBackend, published: list[tuple[str, int]]) -> 
     return Runtime(store, llm=llm, publish=lambda r, v: published.append((r, v)))
 
 
+def runtime_for(store: Store, workflows: Registry) -> tuple[Runtime, list[tuple[str, int]]]:
+    """A runtime over ``workflows`` whose publish appends to the list it returns."""
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store,
+        llm=ScriptedBackend(),
+        publish=lambda r, v: published.append((r, v)),
+        workflows=workflows,
+    )
+    return rt, published
+
+
 def drain(rt: Runtime, published: list[tuple[str, int]], limit: int = 50) -> int:
     """Deliver every published message, like a worker would; returns how many ran."""
     n = 0
@@ -178,10 +190,7 @@ def test_failing_steps_retry_with_backoff_from_the_database(
     reg, _ = flaky
     clock = Clock()
     store.clock = clock
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("flaky", agent="loan_processor")
     drain(rt, published)
     retrying = store.get_run(run.id)
@@ -213,10 +222,7 @@ def test_a_step_that_keeps_failing_fails_the_run(
     calls["fail"] = 100
     clock = Clock()
     store.clock = clock
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("flaky", agent="loan_processor")
     for _ in range(6):
         drain(rt, published)
@@ -242,10 +248,7 @@ def test_retry_exception_carries_its_delay(store: Store) -> None:
 
     clock = Clock()
     store.clock = clock
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("rate_limited", agent="loan_processor")
     drain(rt, published)
     clock.now += timedelta(seconds=29)
@@ -264,10 +267,7 @@ def test_a_bad_step_result_fails_the_run_with_a_clear_error(store: Store) -> Non
     def first(ctx: StepContext) -> Outcome:
         return Next("no_such_step")
 
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("broken", agent="loan_processor")
     drain(rt, published)
     done = store.get_run(run.id)
@@ -311,10 +311,7 @@ def test_timer_wait_holds_no_message_and_fires_from_the_sweeper(store: Store) ->
 
     clock = Clock()
     store.clock = clock
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("sleepy", agent="loan_processor")
     drain(rt, published)
     assert store.get_run(run.id).status == WAITING and published == []
@@ -338,10 +335,7 @@ def test_history_is_read_lazily(store: Store) -> None:
         assert [m["content"] for m in ctx.history.tail(2)] == ["x" * 10] * 2
         return End(len(ctx.history.all()))
 
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("counter", agent="loan_processor")
     drain(rt, published)
     assert seen == [0, 1, 2, 3, 4] and store.get_run(run.id).result == 4
@@ -367,10 +361,7 @@ def test_a_long_step_keeps_its_lease_while_it_runs(store: Store) -> None:
         return End("crunched")
 
     store.lease_seconds = 0.6
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), workflows=reg
-    )
+    rt, published = runtime_for(store, reg)
     run = rt.start("long", agent="loan_processor")
     sweeps: list[Any] = []
     stop = threading.Event()
