@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, or_, select
 
 from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
 from persistence.records import (
@@ -17,6 +18,7 @@ from persistence.records import (
     RunRecord,
     WaitRecord,
 )
+from persistence.segments import Segments, physical
 from persistence.tables import agents, checkpoints, events, messages, runs, waits
 
 
@@ -125,18 +127,53 @@ def history(
     conn: Connection,
     run_id: str,
     *,
+    length: int,
+    segments: Segments | None = None,
     start: int = 0,
     stop: int | None = None,
 ) -> list[Message]:
-    """Messages ``[start, stop)`` of a run's conversation, in order."""
+    """Messages ``[start, stop)`` of a conversation of ``length`` messages laid out in
+    ``segments`` (see :mod:`persistence.segments`), in order, numbered as the
+    conversation numbers them."""
+    stop = length if stop is None else min(stop, length)
+    start = max(0, start)
+    if start >= stop:
+        return []
+    ranges = physical(segments, length, start, stop)
     query = (
         select(messages)
-        .where(messages.c.run_id == run_id, messages.c.idx >= start)
+        .where(
+            messages.c.run_id == run_id,
+            or_(*(and_(messages.c.idx >= a, messages.c.idx < b) for a, b in ranges)),
+        )
         .order_by(messages.c.idx)
     )
-    if stop is not None:
-        query = query.where(messages.c.idx < stop)
-    return [Message.from_row(r) for r in conn.execute(query).mappings()]
+    rows = conn.execute(query).mappings()
+    return [replace(Message.from_row(r), idx=start + i) for i, r in enumerate(rows)]
+
+
+def pending_waits(conn: Connection, run_id: str) -> list[WaitRecord]:
+    rows = conn.execute(
+        select(waits).where(waits.c.run_id == run_id, waits.c.status == PENDING)
+    ).mappings()
+    return [WaitRecord.from_row(r) for r in rows]
+
+
+def wait_opened_at(conn: Connection, run_id: str, seq: int) -> WaitRecord | None:
+    """The wait the run parked on at checkpoint ``seq`` (whatever became of it), if any."""
+    row = (
+        conn.execute(select(waits).where(waits.c.run_id == run_id, waits.c.seq == seq))
+        .mappings()
+        .first()
+    )
+    return WaitRecord.from_row(row) if row is not None else None
+
+
+def forks(conn: Connection, run_id: str) -> list[RunRecord]:
+    rows = conn.execute(
+        select(runs).where(runs.c.parent_run_id == run_id).order_by(runs.c.created_at)
+    ).mappings()
+    return [RunRecord.from_row(r) for r in rows]
 
 
 def list_events(conn: Connection, run_id: str) -> list[Event]:

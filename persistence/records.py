@@ -75,6 +75,8 @@ class RunRecord(Row):
     version: int
     attempt: int
     history_len: int
+    message_count: int
+    segments: list[list[int]] | None
     lease_owner: str | None
     lease_expires_at: datetime | None
     due_at: datetime | None
@@ -90,6 +92,8 @@ class RunRecord(Row):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    purged_at: datetime | None
+    purge_state: str | None
 
     @property
     def finished(self) -> bool:
@@ -103,6 +107,7 @@ class Checkpoint(Row):
     step: str | None
     state: dict[str, Any]
     history_len: int
+    segments: list[list[int]] | None
     created_at: datetime
 
 

@@ -20,11 +20,11 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from persistence import queries
-from persistence.audit import event_hash
+from persistence.audit import Finding, event_hash, verify_chain
 from persistence.engine import READ_ONLY, make_engine
 from persistence.errors import (
     Conflict,
@@ -66,6 +66,7 @@ from persistence.records import (
     WaitRecord,
     WaitSpec,
 )
+from persistence.segments import append as append_segments
 from persistence.tables import (
     agents,
     checkpoints,
@@ -224,54 +225,31 @@ class Store:
                         return existing, False
                 queries.get_agent(conn, agent_name)
                 now = self.clock()
-                run_id = new_run_id()
-                created = NewEvent(
-                    "created",
-                    {"workflow": workflow, "agent": agent_name, "step": first_step, "task": task},
+                run = self._insert_run(
+                    conn,
+                    now=now,
+                    actor=actor,
+                    agent_name=agent_name,
+                    workflow=workflow,
+                    task=task,
+                    input=input,
+                    status=status,
+                    step=first_step,
+                    state=state,
+                    idempotency_key=idempotency_key,
+                    events=[
+                        NewEvent(
+                            "created",
+                            {
+                                "workflow": workflow,
+                                "agent": agent_name,
+                                "step": first_step,
+                                "task": task,
+                            },
+                        )
+                    ],
                 )
-                event_rows, count, head = _chain(run_id, "", 0, [created], actor, now)
-                queued = status == QUEUED
-                values: dict[str, Any] = {
-                    "id": run_id,
-                    "agent_name": agent_name,
-                    "workflow": workflow,
-                    "task": task,
-                    "input": input,
-                    "status": status,
-                    "step": first_step,
-                    "seq": 0,
-                    "version": 1,
-                    "attempt": 0,
-                    "history_len": 0,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "due_at": now if queued else None,
-                    "published_at": now if queued else None,
-                    "result": None,
-                    "error": None,
-                    "idempotency_key": idempotency_key,
-                    "parent_run_id": None,
-                    "parent_seq": None,
-                    "event_count": count,
-                    "event_hash": head,
-                    "legal_hold": False,
-                    "created_at": now,
-                    "updated_at": now,
-                    "finished_at": None,
-                }
-                conn.execute(insert(runs).values(**values))
-                conn.execute(
-                    insert(checkpoints).values(
-                        run_id=run_id,
-                        seq=0,
-                        step=first_step,
-                        state=state,
-                        history_len=0,
-                        created_at=now,
-                    )
-                )
-                conn.execute(insert(events_table), event_rows)
-                return RunRecord(**values), True
+                return run, True
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -282,6 +260,90 @@ class Store:
                 raise
             _same_request(existing, agent_name, workflow, task, input)
             return existing, False
+
+    def _insert_run(
+        self,
+        conn: Connection,
+        *,
+        now: datetime,
+        actor: str,
+        agent_name: str,
+        workflow: str,
+        task: str,
+        input: dict[str, Any],
+        status: str,
+        step: str | None,
+        state: dict[str, Any],
+        events: Sequence[NewEvent],
+        idempotency_key: str | None = None,
+        messages: Sequence[Message] = (),
+        parent: tuple[str, int] | None = None,
+    ) -> RunRecord:
+        """Insert a run with its checkpoint 0 (and the conversation it starts with)."""
+        run_id = new_run_id()
+        event_rows, count, head = _chain(run_id, "", 0, events, actor, now)
+        queued = status == QUEUED
+        values: dict[str, Any] = {
+            "id": run_id,
+            "agent_name": agent_name,
+            "workflow": workflow,
+            "task": task,
+            "input": input,
+            "status": status,
+            "step": step,
+            "seq": 0,
+            "version": 1,
+            "attempt": 0,
+            "history_len": len(messages),
+            "message_count": len(messages),
+            "segments": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "due_at": now if queued else None,
+            "published_at": now if queued else None,
+            "result": None,
+            "error": None,
+            "idempotency_key": idempotency_key,
+            "parent_run_id": parent[0] if parent else None,
+            "parent_seq": parent[1] if parent else None,
+            "event_count": count,
+            "event_hash": head,
+            "legal_hold": False,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            "purged_at": None,
+            "purge_state": None,
+        }
+        conn.execute(insert(runs).values(**values))
+        conn.execute(
+            insert(checkpoints).values(
+                run_id=run_id,
+                seq=0,
+                step=step,
+                state=state,
+                history_len=len(messages),
+                segments=None,
+                created_at=now,
+            )
+        )
+        if messages:
+            conn.execute(
+                insert(messages_table),
+                [
+                    {
+                        "run_id": run_id,
+                        "idx": i,
+                        "role": m.role,
+                        "content": m.content,
+                        "seq": 0,
+                        "created_at": m.created_at,
+                    }
+                    for i, m in enumerate(messages)
+                ],
+            )
+        conn.execute(insert(events_table), event_rows)
+        return RunRecord(**values)
 
     # -------------------------------------------------------------- a step
 
@@ -402,7 +464,7 @@ class Store:
                 changes=changes,
                 messages=t.messages,
                 state=state,
-                checkpoint_step=changes.get("step", run.step),
+                checkpoint_step=None if t.status in (COMPLETED, FAILED) else changes["step"],
                 events=events,
                 wait=t.wait,
                 wait_status=wait_status,
@@ -672,6 +734,270 @@ class Store:
                     )
                 )
             return resumed
+
+    # ------------------------------------------------- rollback, fork, hold
+
+    def rollback(
+        self,
+        run_id: str,
+        to_seq: int,
+        *,
+        actor: str,
+        reason: str = "",
+        token_hash: TokenHasher | None = None,
+    ) -> RunRecord:
+        """Make a run continue from its checkpoint ``to_seq``, in one transaction.
+
+        Appends checkpoint ``seq + 1`` equal to checkpoint ``to_seq`` (the messages
+        after it leave the run's context but stay stored), cancels the run's pending
+        waits, gives back its resource slots and records who did it and why. The run
+        is then queued for the step that checkpoint was to run next, or parked again
+        on the wait it was parked on then (``token_hash(run_id, seq, source)`` gives a
+        reopened callback wait its new token). A running run cannot be rolled back.
+        """
+        with self.write() as conn:
+            run = queries.get_run(conn, run_id, for_update=True)
+            self._check_rewindable(run)
+            if run.status == RUNNING:
+                raise Conflict(
+                    f"run {run.id} is running step {run.step!r}; roll it back when the step is over"
+                )
+            if not 0 <= to_seq < run.seq:
+                raise InvalidInput(
+                    f"run {run.id} can roll back to a checkpoint from 0 to {run.seq - 1}, "
+                    f"not {to_seq}"
+                )
+            target = queries.get_checkpoint(conn, run.id, to_seq)
+            parked = queries.wait_opened_at(conn, run.id, to_seq)
+            if target.step is None and parked is None:
+                raise InvalidInput(f"checkpoint {to_seq} of run {run.id} is where it ended")
+            now = self.clock()
+            events: list[NewEvent] = []
+            for wait in queries.pending_waits(conn, run.id):
+                self._close_wait(conn, wait, CANCELLED_WAIT, None, actor, now)
+                events.append(NewEvent("wait_cancelled", {"wait": wait.id, "kind": wait.kind}))
+            for name in self._release_holds(conn, run.id):
+                events.append(NewEvent("resource_released", {"resource": name}))
+            events.insert(
+                0,
+                NewEvent(
+                    "rolled_back",
+                    {
+                        "from_seq": run.seq,
+                        "to_seq": to_seq,
+                        "new_seq": run.seq + 1,
+                        "status_before": run.status,
+                        "reason": reason,
+                        "by": actor,
+                    },
+                ),
+            )
+            changes: dict[str, Any] = {
+                "step": target.step,
+                "attempt": 0,
+                "result": None,
+                "error": None,
+                "finished_at": None,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            return self._continue_from(
+                conn,
+                run,
+                target,
+                parked,
+                seq=run.seq + 1,
+                now=now,
+                actor=actor,
+                changes=changes,
+                events=events,
+                token_hash=token_hash,
+                expect_status=(run.status,),
+            )
+
+    def fork(
+        self,
+        run_id: str,
+        at_seq: int | None = None,
+        *,
+        actor: str,
+        reason: str = "",
+        token_hash: TokenHasher | None = None,
+    ) -> RunRecord:
+        """Start a new run from checkpoint ``at_seq`` of ``run_id`` (its latest by default).
+
+        The new run has the same agent, workflow, task and input, the checkpoint's state
+        and a copy of its conversation, and records its parent and the checkpoint it
+        forked at. From there the two runs are independent. The parent is not changed:
+        it may even be running.
+        """
+        with self.write() as conn:
+            parent = queries.get_run(conn, run_id)
+            self._check_rewindable(parent)
+            seq = parent.seq if at_seq is None else at_seq
+            if not 0 <= seq <= parent.seq:
+                raise InvalidInput(
+                    f"run {parent.id} has checkpoints 0 to {parent.seq}; cannot fork at {seq}"
+                )
+            target = queries.get_checkpoint(conn, parent.id, seq)
+            parked = queries.wait_opened_at(conn, parent.id, seq)
+            if target.step is None and parked is None:
+                raise InvalidInput(
+                    f"checkpoint {seq} of run {parent.id} is where it ended; fork at an earlier one"
+                )
+            now = self.clock()
+            conversation = queries.history(
+                conn, parent.id, length=target.history_len, segments=target.segments
+            )
+            child = self._insert_run(
+                conn,
+                now=now,
+                actor=actor,
+                agent_name=parent.agent_name,
+                workflow=parent.workflow,
+                task=parent.task,
+                input=parent.input,
+                status=QUEUED if parked is None else WAITING,
+                step=target.step,
+                state=target.state,
+                messages=conversation,
+                parent=(parent.id, seq),
+                events=[
+                    NewEvent(
+                        "created",
+                        {
+                            "workflow": parent.workflow,
+                            "agent": parent.agent_name,
+                            "step": target.step,
+                            "task": parent.task,
+                        },
+                    ),
+                    NewEvent(
+                        "forked",
+                        {
+                            "from_run": parent.id,
+                            "from_seq": seq,
+                            "messages": len(conversation),
+                            "reason": reason,
+                            "by": actor,
+                        },
+                    ),
+                ],
+            )
+            if parked is None:
+                return child
+            # Park the new run on the wait its parent was parked on at that checkpoint.
+            child_cp = queries.get_checkpoint(conn, child.id, 0)
+            return self._continue_from(
+                conn,
+                child,
+                child_cp,
+                parked,
+                seq=0,
+                now=now,
+                actor=actor,
+                changes={},
+                events=[],
+                token_hash=token_hash,
+                expect_status=(WAITING,),
+                checkpoint=False,
+            )
+
+    def _check_rewindable(self, run: RunRecord) -> None:
+        if run.purge_state is not None:
+            raise Gone(_purged_message(run))
+        if run.workflow == SESSION_WORKFLOW:
+            raise InvalidInput(
+                f"run {run.id} is an Agent session of the Python API; it has no steps to rerun"
+            )
+
+    def _continue_from(
+        self,
+        conn: Connection,
+        run: RunRecord,
+        target: Checkpoint,
+        parked: WaitRecord | None,
+        *,
+        seq: int,
+        now: datetime,
+        actor: str,
+        changes: dict[str, Any],
+        events: list[NewEvent],
+        token_hash: TokenHasher | None,
+        expect_status: Sequence[str],
+        checkpoint: bool = True,
+    ) -> RunRecord:
+        """Queue ``run`` for ``target``'s next step, or park it again on ``parked``'s kind
+        of wait (a copy with a fresh deadline as long as the first one's), at checkpoint
+        ``seq``."""
+        spec = None
+        wait_status, wait_outcome = PENDING, None
+        if parked is None:
+            changes.update(status=QUEUED, due_at=now, published_at=now)
+        else:
+            spec = _reopened(parked, run.id, seq, now, token_hash)
+            changes.update(status=WAITING, step=parked.resume_step, due_at=None, published_at=None)
+            events.append(
+                NewEvent(
+                    "paused",
+                    {
+                        "kind": spec.kind,
+                        "resume_step": spec.resume_step,
+                        "prompt": spec.prompt,
+                        "group": spec.approver_group,
+                        "deadline": spec.deadline.isoformat() if spec.deadline else None,
+                        "reopened_from": parked.id,
+                    },
+                )
+            )
+            arrived = self._arrived(conn, run, spec, now)
+            if arrived is not None:
+                wait_status, wait_outcome = FULFILLED, arrived[0]
+                events.extend(arrived[1])
+                changes.update(status=QUEUED, due_at=now, published_at=now)
+        new = self._apply(
+            conn,
+            run,
+            now=now,
+            actor=actor,
+            expect_status=expect_status,
+            changes=changes,
+            state=dict(target.state) if checkpoint else None,
+            checkpoint_step=changes.get("step", target.step),
+            events=events,
+            wait=spec,
+            wait_status=wait_status,
+            wait_outcome=wait_outcome,
+            reset_to=target if checkpoint else None,
+        )
+        if wait_status == FULFILLED and spec is not None and spec.kind == RESOURCE:
+            self._hold(conn, spec.resource or "", run.id, new.seq, now)
+        return new
+
+    def set_legal_hold(self, run_id: str, on: bool, *, actor: str, reason: str = "") -> RunRecord:
+        """Exempt a run from retention (``on``), or lift the hold; recorded in its trail."""
+        with self.write() as conn:
+            run = queries.get_run(conn, run_id, for_update=True)
+            if run.legal_hold == on:
+                return run
+            if run.status == RUNNING:
+                raise Conflict(
+                    f"run {run.id} is running step {run.step!r}; set its hold when the step is over"
+                )
+            now = self.clock()
+            changes: dict[str, Any] = {"legal_hold": on}
+            if run.status == QUEUED and run.due_at is not None and run.due_at <= now:
+                # The version moves on, so the message in flight goes stale: send another.
+                changes["published_at"] = now
+            return self._apply(
+                conn,
+                run,
+                now=now,
+                actor=actor,
+                expect_status=(run.status,),
+                changes=changes,
+                events=[NewEvent("legal_hold", {"on": on, "reason": reason, "by": actor})],
+            )
 
     # ------------------------------------------------------------ resources
 
@@ -1150,10 +1476,13 @@ class Store:
         wait: WaitSpec | None = None,
         wait_status: str = PENDING,
         wait_outcome: Any = None,
+        reset_to: Checkpoint | None = None,
     ) -> RunRecord:
         """Move ``run`` one version forward with ``changes``, or raise StaleVersion.
 
-        The CAS UPDATE comes first, so nothing is appended unless it matched.
+        ``reset_to`` (a rollback): the new checkpoint's conversation is that checkpoint's,
+        instead of the run's latest one. The CAS UPDATE comes first, so nothing is
+        appended unless it matched.
         """
         values = dict(changes)
         values["version"] = run.version + 1
@@ -1164,8 +1493,15 @@ class Store:
             values["seq"] = seq
         elif messages:
             raise InvalidInput("messages are appended with a checkpoint")
-        first_idx = run.history_len
-        values["history_len"] = first_idx + len(messages)
+        base_len, base_segments = (
+            (reset_to.history_len, reset_to.segments)
+            if reset_to is not None
+            else (run.history_len, run.segments)
+        )
+        first_idx = run.message_count
+        values["history_len"] = base_len + len(messages)
+        values["message_count"] = first_idx + len(messages)
+        values["segments"] = append_segments(base_segments, base_len, first_idx, len(messages))
         event_rows, count, head = _chain(
             run.id, run.event_hash, run.event_count, events, actor, now
         )
@@ -1204,6 +1540,7 @@ class Store:
                     step=checkpoint_step,
                     state=state,
                     history_len=values["history_len"],
+                    segments=values["segments"],
                     created_at=now,
                 )
             )
@@ -1270,18 +1607,79 @@ class Store:
 
     def checkpoint(self, run_id: str, seq: int | None = None) -> Checkpoint:
         with self.read() as conn:
+            run = _readable(queries.get_run(conn, run_id))
             if seq is None:
-                return queries.latest_checkpoint(conn, queries.get_run(conn, run_id))
+                return queries.latest_checkpoint(conn, run)
             return queries.get_checkpoint(conn, run_id, seq)
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:
         with self.read() as conn:
-            queries.get_run(conn, run_id)
+            _readable(queries.get_run(conn, run_id))
             return queries.list_checkpoints(conn, run_id)
 
-    def history(self, run_id: str, *, start: int = 0, stop: int | None = None) -> list[Message]:
+    def history(
+        self, run_id: str, *, start: int = 0, stop: int | None = None, at: int | None = None
+    ) -> list[Message]:
+        """Messages ``[start, stop)`` of the run's conversation, as of its latest
+        checkpoint or, with ``at``, as of checkpoint ``at``."""
         with self.read() as conn:
-            return queries.history(conn, run_id, start=start, stop=stop)
+            run = _readable(queries.get_run(conn, run_id))
+            if at is None:
+                length, segments = run.history_len, run.segments
+            else:
+                cp = queries.get_checkpoint(conn, run_id, at)
+                length, segments = cp.history_len, cp.segments
+            return queries.history(
+                conn, run_id, length=length, segments=segments, start=start, stop=stop
+            )
+
+    def conversation(
+        self, checkpoint: Checkpoint, *, start: int = 0, stop: int | None = None
+    ) -> list[Message]:
+        """Messages ``[start, stop)`` of ``checkpoint``'s conversation (a step's history)."""
+        with self.read() as conn:
+            return queries.history(
+                conn,
+                checkpoint.run_id,
+                length=checkpoint.history_len,
+                segments=checkpoint.segments,
+                start=start,
+                stop=stop,
+            )
+
+    def verify(self, run_id: str) -> Finding | None:
+        """Check a run's audit trail against its hash chain; the first bad event, or None."""
+        with self.read() as conn:
+            run = queries.get_run(conn, run_id)
+            trail = queries.list_events(conn, run.id)
+        return verify_chain(run.id, trail, run.event_count, run.event_hash)
+
+    def verify_all(self, *, batch: int = 500) -> Iterator[tuple[str, Finding | None]]:
+        """Every run's verdict, run by run (for ``pausepoint audit verify``)."""
+        after = ""
+        while True:
+            with self.read() as conn:
+                ids = list(
+                    conn.execute(
+                        select(runs.c.id).where(runs.c.id > after).order_by(runs.c.id).limit(batch)
+                    ).scalars()
+                )
+            if not ids:
+                return
+            for run_id in ids:
+                try:
+                    yield run_id, self.verify(run_id)
+                except NotFound:
+                    continue  # deleted by retention meanwhile
+            after = ids[-1]
+
+    def count_runs(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(runs)).scalar_one())
+
+    def forks(self, run_id: str) -> list[RunRecord]:
+        with self.read() as conn:
+            return queries.forks(conn, run_id)
 
     def events(self, run_id: str) -> list[Event]:
         with self.read() as conn:
@@ -1291,6 +1689,55 @@ class Store:
     def waits(self, run_id: str | None = None, *, status: str | None = None) -> list[WaitRecord]:
         with self.read() as conn:
             return queries.list_waits(conn, run_id, status=status)
+
+
+TokenHasher = Callable[[str, int, "str | None"], str]
+"""``(run_id, seq, source) -> token hash``: the token a callback wait opened at ``seq`` has."""
+
+
+def _purged_message(run: RunRecord) -> str:
+    when = run.purged_at.date().isoformat() if run.purged_at else "?"
+    return (
+        f"run {run.id}'s state was removed by the retention policy on {when}; "
+        "its audit trail remains (`pausepoint audit export`)"
+    )
+
+
+def _readable(run: RunRecord) -> RunRecord:
+    """The run, if its checkpoints and conversation are still there."""
+    if run.purge_state is not None:
+        raise Gone(_purged_message(run))
+    return run
+
+
+def _reopened(
+    wait: WaitRecord, run_id: str, seq: int, now: datetime, token_hash: TokenHasher | None
+) -> WaitSpec:
+    """A new wait like ``wait``, for ``run_id`` at checkpoint ``seq``, its deadline as far
+    from now as the first one's was from its opening."""
+    deadline = None if wait.deadline is None else now + (wait.deadline - wait.created_at)
+    token = None
+    if wait.kind == CALLBACK:
+        if token_hash is None:
+            raise InvalidInput("reopening a callback wait needs the store's token derivation")
+        token = token_hash(run_id, seq, wait.source)
+    # An escalated approval is asked again of the group it ended with.
+    return WaitSpec(
+        kind=wait.kind,
+        resume_step=wait.resume_step,
+        prompt=wait.prompt,
+        approver_group=wait.approver_group,
+        deadline=deadline,
+        on_timeout=wait.on_timeout,
+        default_outcome=wait.default_outcome,
+        token_hash=token,
+        escalate_to=wait.escalate_to,
+        escalate_after=wait.escalate_after,
+        source=wait.source,
+        event_name=wait.event_name,
+        match_key=wait.match_key,
+        resource=wait.resource,
+    )
 
 
 def _same_request(

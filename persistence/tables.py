@@ -109,7 +109,14 @@ runs = Table(
     # Compare-and-swap counter: every transition moves it by exactly one.
     Column("version", Integer, nullable=False, default=0),
     Column("attempt", Integer, nullable=False, default=0),
+    # Length of the run's conversation as of its latest checkpoint (logical messages).
     Column("history_len", Integer, nullable=False, default=0),
+    # Messages stored for the run, including those a rollback took out of its context;
+    # the next message gets this physical index.
+    Column("message_count", Integer, nullable=False, default=0),
+    # The latest checkpoint's conversation as physical [start, stop) ranges of messages.idx,
+    # or NULL when it is simply messages[0:history_len] (no rollback ever cut it).
+    Column("segments", Json, nullable=True),
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires_at", Timestamp, nullable=True),
     # A queued run should have a message in flight from due_at on; published_at is
@@ -129,11 +136,19 @@ runs = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp, nullable=True),
+    # Retention: when the run's state was marked for removal, and how far that got
+    # ("pending": its checkpoints and messages may still be there; "done": only the run
+    # row, its waits' ids and its audit trail remain).
+    Column("purged_at", Timestamp, nullable=True),
+    Column("purge_state", String(10), nullable=True),
 )
 Index("ix_runs_status_due_at", runs.c.status, runs.c.due_at)
 Index("ix_runs_status_lease_expires_at", runs.c.status, runs.c.lease_expires_at)
 Index("ix_runs_agent_name_created_at", runs.c.agent_name, runs.c.created_at)
 Index("ix_runs_status_updated_at", runs.c.status, runs.c.updated_at)
+Index("ix_runs_finished_at", runs.c.finished_at)
+Index("ix_runs_purge_state_finished_at", runs.c.purge_state, runs.c.finished_at)
+Index("ix_runs_parent_run_id", runs.c.parent_run_id)
 
 checkpoints = Table(
     "checkpoints",
@@ -142,8 +157,10 @@ checkpoints = Table(
     Column("seq", Integer, primary_key=True),
     Column("step", String(200), nullable=True),
     Column("state", Json, nullable=False),
-    # The conversation as of this checkpoint is messages[0:history_len].
+    # The conversation as of this checkpoint: history_len messages, which are
+    # messages[0:history_len] unless `segments` lists their physical ranges.
     Column("history_len", Integer, nullable=False),
+    Column("segments", Json, nullable=True),
     Column("created_at", Timestamp, nullable=False),
 )
 
@@ -275,6 +292,23 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# One row per retention pass (`pausepoint gc`, or beat's daily one): what it removed.
+cleanups = Table(
+    "cleanups",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("actor", String(200), nullable=False),
+    # running | done (a row left "running" was interrupted; the next pass finishes its work)
+    Column("status", String(20), nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("policy", Json, nullable=False),
+    Column("removed", Json, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=True),
+)
+
 ALL_TABLES = (
     agents,
     runs,
@@ -286,4 +320,5 @@ ALL_TABLES = (
     resource_holders,
     deliveries,
     meta,
+    cleanups,
 )

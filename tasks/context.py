@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from persistence.records import AgentRecord, Claim, NewMessage, WaitRecord
+from persistence.records import AgentRecord, Checkpoint, Claim, NewMessage, WaitRecord
 from persistence.store import Store
 from tasks.llm import LLMBackend, Message
 from tasks.prompt import build_messages
@@ -19,10 +19,10 @@ class History:
     message 10,000.
     """
 
-    def __init__(self, store: Store, run_id: str, length: int) -> None:
+    def __init__(self, store: Store, checkpoint: Checkpoint) -> None:
         self._store = store
-        self._run_id = run_id
-        self._length = length
+        self._checkpoint = checkpoint
+        self._length = checkpoint.history_len
         self._cache: list[Message] | None = None
 
     def __len__(self) -> int:
@@ -30,7 +30,7 @@ class History:
 
     def all(self) -> list[Message]:
         if self._cache is None:
-            rows = self._store.history(self._run_id, stop=self._length)
+            rows = self._store.conversation(self._checkpoint)
             self._cache = [m.as_chat() for m in rows]
         return list(self._cache)
 
@@ -39,7 +39,7 @@ class History:
             return []
         if self._cache is not None:
             return self._cache[-n:]
-        rows = self._store.history(self._run_id, start=max(0, self._length - n), stop=self._length)
+        rows = self._store.conversation(self._checkpoint, start=max(0, self._length - n))
         return [m.as_chat() for m in rows]
 
 
@@ -70,7 +70,7 @@ class StepContext:
         self.agent: AgentRecord = claim.agent
         self.llm = llm
         self.resumed: WaitRecord | None = claim.resumed
-        self.history = History(store, run.id, claim.checkpoint.history_len)
+        self.history = History(store, claim.checkpoint)
         self.idempotency_key = claim.idempotency_key
         # The checkpoint this step's commit will write.
         self.next_seq = claim.checkpoint.seq + 1
