@@ -16,6 +16,7 @@ from tasks.runtime import Runtime
 
 RUN_STEP = "pausepoint.run_step"
 SWEEP = "pausepoint.sweep"
+GC = "pausepoint.gc"
 FACTORY_KEY = "pausepoint_runtime_factory"
 
 # One runtime per (process, app): prefork children build their own after the fork,
@@ -61,4 +62,17 @@ def sweep(self: Task) -> dict[str, int]:
         "lease_expired": len(report.lease_expired),
         "deadlines": len(report.deadlines),
         "failed": len(report.failed),
+    }
+
+
+@shared_task(name=GC, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def gc(self: Task) -> dict[str, object]:
+    """One retention pass (beat runs it every PAUSEPOINT_RETENTION_INTERVAL seconds)."""
+    report = runtime_for(self.app).gc(actor="beat")
+    return {
+        "cleanup": report.cleanup_id,
+        "checkpoints_pruned": report.checkpoints_pruned,
+        "runs_purged": report.runs_purged,
+        "runs_deleted": report.runs_deleted,
+        "deliveries_removed": report.deliveries_removed,
     }

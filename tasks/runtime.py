@@ -43,6 +43,7 @@ from persistence.records import (
     Transition,
     WaitSpec,
 )
+from persistence.retention import GcReport, Progress, Retention, collect
 from persistence.store import Store
 from tasks.context import StepContext
 from tasks.llm import LLMBackend
@@ -82,8 +83,10 @@ class Runtime:
         max_attempts: int = 5,
         secret: bytes | None = None,
         public_url: str = "http://127.0.0.1:8000",
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
+        self.retention = retention or Retention()
         self.llm = llm
         self._publish = publish
         self.workflows = workflows
@@ -199,6 +202,52 @@ class Runtime:
         for run in resumed:
             self.publish(run)
         return resumed
+
+    # ------------------------------------------------ rollback, fork, hold
+
+    def rollback(self, run_id: str, to_seq: int, *, actor: str, reason: str = "") -> RunRecord:
+        """Continue a (not running) run from checkpoint ``to_seq``; queue or re-park it."""
+        run = self.store.rollback(
+            run_id, to_seq, actor=actor, reason=reason, token_hash=self._token_hash
+        )
+        self.publish(run)
+        return run
+
+    def fork(
+        self, run_id: str, at_seq: int | None = None, *, actor: str, reason: str = ""
+    ) -> RunRecord:
+        """A new run from checkpoint ``at_seq`` (the latest by default) of ``run_id``."""
+        run = self.store.fork(
+            run_id, at_seq, actor=actor, reason=reason, token_hash=self._token_hash
+        )
+        self.publish(run)
+        return run
+
+    def set_legal_hold(self, run_id: str, on: bool, *, actor: str, reason: str = "") -> RunRecord:
+        run = self.store.set_legal_hold(run_id, on, actor=actor, reason=reason)
+        self.publish(run)
+        return run
+
+    def _token_hash(self, run_id: str, seq: int, source: str | None) -> str:
+        return make_token(self.secret, run_id, seq, source).hash
+
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        batch: int = 100,
+        actor: str = "gc",
+        progress: Progress | None = None,
+    ) -> GcReport:
+        """One retention pass with this runtime's policy (``pausepoint gc``, beat daily)."""
+        return collect(
+            self.store,
+            self.retention,
+            dry_run=dry_run,
+            batch=batch,
+            actor=actor,
+            progress=progress,
+        )
 
     def sweep(self) -> SweepReport:
         report = self.store.sweep(

@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport_options,
         beat_schedule={
             "pausepoint-sweep": {"task": jobs.SWEEP, "schedule": settings.sweep_interval},
+            "pausepoint-gc": {"task": jobs.GC, "schedule": settings.retention_interval},
         },
         # Beat keeps its schedule in memory: the sweep needs no state across restarts.
         beat_scheduler="celery.beat:Scheduler",
@@ -102,6 +103,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         max_attempts=settings.max_attempts,
         secret=settings.secret_bytes(),
         public_url=settings.public_url,
+        retention=settings.retention(),
     )
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from persistence.retention import Retention, RetentionPolicy
+
 ROLES = ("admin", "producer", "approver", "system", "viewer")
 
 
@@ -83,6 +85,31 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, gt=0, description="Largest request body the API accepts."
     )
+    retention_keep_checkpoints: int | None = Field(
+        None, ge=1, description="A finished run keeps its last N checkpoints (unset: all)."
+    )
+    retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="Finished runs older than this many days lose their state (unset: never).",
+    )
+    retention_events_days: float | None = Field(
+        None,
+        ge=0,
+        description="Their audit trail stays this many days longer, then is archived as JSONL "
+        "and deleted (unset: kept).",
+    )
+    retention_workflows: dict[str, dict[str, float | int | None]] = Field(
+        default_factory=dict,
+        description='Per-workflow overrides, JSON: {"loan": {"delete_after_days": 2555, '
+        '"events_extra_days": 365, "keep_checkpoints": 20}}.',
+    )
+    archive_dir: str = Field(
+        "pausepoint-archive", description="Where expired audit trails are written (JSONL)."
+    )
+    retention_interval: float = Field(
+        86400.0, gt=0, description="Seconds between retention passes run by beat."
+    )
     api_host: str = Field("127.0.0.1", description="Where `pausepoint api` listens.")
     api_port: int = Field(8000, description="Port of `pausepoint api`.")
 
@@ -117,6 +144,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def retention(self) -> Retention:
+        """The retention policy these settings describe."""
+        return Retention.build(
+            RetentionPolicy(
+                keep_checkpoints=self.retention_keep_checkpoints,
+                delete_after_days=self.retention_days,
+                events_extra_days=self.retention_events_days,
+            ),
+            self.retention_workflows,
+            self.archive_dir,
+        )
 
     @property
     def embedded_broker(self) -> bool:
