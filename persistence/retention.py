@@ -44,6 +44,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -328,6 +329,11 @@ class _Collector:
         keep = policy.keep_checkpoints
         assert keep is not None
         old = and_(checkpoints.c.run_id == runs.c.id, checkpoints.c.seq <= runs.c.seq - keep)
+        if policy.delete_after_days is not None:
+            # Runs this pass purges lose all their checkpoints: no need to prune them first.
+            where = and_(
+                where, runs.c.finished_at >= self.now - timedelta(days=policy.delete_after_days)
+            )
         candidates = select(runs.c.id).where(self._finished(where), exists().where(old))
         total = self._count(candidates)
         if self.dry_run:
@@ -476,18 +482,24 @@ class _Collector:
             runs.c.legal_hold.is_(False),
             runs.c.finished_at < cutoff,
         )
-        total = self._count(candidates)
         if self.dry_run:
-            self.report.runs_deleted += total
+            # Also the runs this pass would purge first (each would get a "purged" event).
+            unpurged = and_(runs.c.purge_state.is_(None), runs.c.status.in_(sorted(FINISHED)))
+            would = select(runs.c.id).where(
+                where,
+                runs.c.legal_hold.is_(False),
+                runs.c.finished_at < cutoff,
+                or_(runs.c.purge_state == PURGED, unpurged),
+            )
+            self.report.runs_deleted += self._count(would)
             with self.store.read() as conn:
                 self.report.events_archived += int(
                     conn.execute(
-                        select(func.count())
-                        .select_from(events)
-                        .where(events.c.run_id.in_(candidates))
+                        select(func.count()).select_from(events).where(events.c.run_id.in_(would))
                     ).scalar_one()
-                )
+                ) + self._count(would.where(unpurged))
             return
+        total = self._count(candidates)
         for ids in self._batches(candidates, f"archive and delete trails ({label})", total):
             for run_id in ids:
                 try:
@@ -577,12 +589,16 @@ class _Collector:
         return int(pages) * int(size)
 
     def _vacuum(self) -> None:
-        # VACUUM cannot run inside a transaction: use a raw autocommit connection.
-        with self.store.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.exec_driver_sql("VACUUM")
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # VACUUM cannot run inside a transaction: use the driver's connection, which our
+        # engine leaves in autocommit (it issues BEGIN itself, and only in transactions).
+        raw = self.store.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("VACUUM")
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cur.close()
+        finally:
+            raw.close()
 
 
 _STATE_TABLES = (
