@@ -22,10 +22,12 @@ COPY worker ./worker
 
 # Production extras only, no dev tools. The in-tree build leftovers are removed in the
 # same layer; /app is handed to the app user so the embedded SQLite default (used by a
-# bare `docker run`) can write its files there.
+# bare `docker run`) can write its files there. /archive exists, owned by that user, so
+# the named volume compose mounts there starts writable (retention's audit archive).
 RUN pip install ".[postgres,redis,flower]" \
  && rm -rf build ./*.egg-info \
- && chown pausepoint:pausepoint /app
+ && chown pausepoint:pausepoint /app \
+ && mkdir /archive && chown pausepoint:pausepoint /archive
 
 USER pausepoint
 
