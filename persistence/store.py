@@ -1699,7 +1699,7 @@ def _purged_message(run: RunRecord) -> str:
     when = run.purged_at.date().isoformat() if run.purged_at else "?"
     return (
         f"run {run.id}'s state was removed by the retention policy on {when}; "
-        "its audit trail remains (`pausepoint audit export`)"
+        "its audit trail remains (`pausepoint audit export`, GET /runs/{id}/events)"
     )
 
 

@@ -14,15 +14,16 @@ import time
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from persistence.audit import to_csv, to_jsonl
 from persistence.errors import (
     Conflict,
     Forbidden,
@@ -36,7 +37,7 @@ from persistence.records import PENDING, RUN_STATUSES
 from tasks.runtime import Runtime
 from tasks.tokens import parse_token, verify_signature
 from worker.auth import Keyring, Principal
-from worker.serialize import plain, run_detail
+from worker.serialize import checkpoint_view, plain, run_detail, timeline
 from worker.settings import Settings
 
 
@@ -65,6 +66,38 @@ class StartRun(BaseModel):
 class Decision(BaseModel):
     comment: str = Field("", max_length=10_000)
     input: dict[str, Any] | None = Field(None, description="Edited input for the next step.")
+
+
+REASON_MAX = 2000
+
+EVENT_FORMATS = ("json", "jsonl", "csv")
+
+
+class Rollback(BaseModel):
+    """Continue the run from checkpoint ``to_seq``: queued for its next step, or parked again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_seq: int = Field(ge=0, strict=True, description="The checkpoint to continue from.")
+    reason: str = Field("", max_length=REASON_MAX, description="Why; kept in the audit trail.")
+
+
+class Fork(BaseModel):
+    """A new run from checkpoint ``at_seq`` of this one (its latest by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at_seq: int | None = Field(None, ge=0, strict=True, description="Default: the latest.")
+    reason: str = Field("", max_length=REASON_MAX, description="Why; kept in the audit trail.")
+
+
+class Hold(BaseModel):
+    """Put the run under legal hold (retention leaves it alone), or lift the hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool = Field(True, strict=True)
+    reason: str = Field("", max_length=REASON_MAX, description="Why; kept in the audit trail.")
 
 
 def principal(
@@ -167,9 +200,72 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         """A run with its state, conversation, waits and audit trail."""
         return run_detail(rt.store, run_id)
 
-    @api.get("/runs/{run_id}/events", tags=["auditors"])
-    def run_events(run_id: str, caller: Caller) -> list[dict[str, Any]]:
-        return [plain(e) for e in rt.store.events(run_id)]
+    @api.get("/runs/{run_id}/events", tags=["auditors"], response_model=None)
+    def run_events(
+        run_id: str,
+        caller: Caller,
+        fmt: Annotated[str, Query(alias="format", description="json, jsonl or csv")] = "json",
+    ) -> list[dict[str, Any]] | StreamingResponse:
+        """The run's audit trail: a JSON list, or an export with every event's hashes
+        (`jsonl`: one canonical JSON object a line; `csv`: a header and a row an event)."""
+        if fmt not in EVENT_FORMATS:
+            raise InvalidInput(f"unknown format {fmt!r}; one of: {', '.join(EVENT_FORMATS)}")
+        trail = rt.store.events(run_id)
+        if fmt == "json":
+            return [plain(e) for e in trail]
+        if fmt == "jsonl":
+            return StreamingResponse(
+                to_jsonl(trail),
+                media_type="application/x-ndjson",
+                headers=_attachment(f"run-{run_id}-events.jsonl"),
+            )
+        return StreamingResponse(
+            to_csv(trail),
+            media_type="text/csv; charset=utf-8",
+            headers=_attachment(f"run-{run_id}-events.csv"),
+        )
+
+    @api.get("/runs/{run_id}/audit", tags=["auditors"])
+    def audit(run_id: str, caller: Caller) -> dict[str, Any]:
+        """Check the run's audit trail against its hash chain: `ok`, or the first bad event."""
+        finding = rt.store.verify(run_id)
+        return {
+            "run_id": run_id,
+            "ok": finding is None,
+            "events": len(rt.store.events(run_id)),
+            "first_bad": None if finding is None else {"n": finding.n, "problem": finding.problem},
+        }
+
+    @api.get("/runs/{run_id}/checkpoints", tags=["auditors"])
+    def checkpoints(run_id: str, caller: Caller) -> list[dict[str, Any]]:
+        """The run's checkpoints in order: step, messages, changed state keys, events."""
+        return timeline(rt.store, run_id)
+
+    @api.get("/runs/{run_id}/checkpoints/{seq}", tags=["auditors"])
+    def checkpoint(run_id: str, seq: Annotated[int, Path(ge=0)], caller: Caller) -> dict[str, Any]:
+        """Checkpoint `seq` as it was: state, conversation, and what changed since the last."""
+        return checkpoint_view(rt.store, run_id, seq)
+
+    @api.post("/runs/{run_id}/rollback", tags=["operators"])
+    def rollback(run_id: str, body: Rollback, caller: Caller) -> Any:
+        """Continue a run (not running) from checkpoint `to_seq`: nothing is deleted; a new
+        checkpoint equal to that one is appended and the run re-queued or parked again."""
+        caller.require("admin")
+        return plain(rt.rollback(run_id, body.to_seq, actor=caller.actor, reason=body.reason))
+
+    @api.post("/runs/{run_id}/fork", status_code=201, tags=["operators"])
+    def fork(run_id: str, caller: Caller, body: Fork | None = None) -> Any:
+        """A new run from checkpoint `at_seq` (the latest by default) of this one."""
+        caller.require("admin")
+        body = body or Fork()
+        return plain(rt.fork(run_id, body.at_seq, actor=caller.actor, reason=body.reason))
+
+    @api.post("/runs/{run_id}/hold", tags=["operators"])
+    def hold(run_id: str, caller: Caller, body: Hold | None = None) -> Any:
+        """Put the run under legal hold (`{"on": false}` lifts it): retention leaves it alone."""
+        caller.require("admin")
+        body = body or Hold()
+        return plain(rt.set_legal_hold(run_id, body.on, actor=caller.actor, reason=body.reason))
 
     def decide(run_id: str, approved: bool, body: Decision | None, caller: Principal) -> Any:
         groups = caller.approver_groups()
@@ -298,6 +394,10 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _attachment(filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
 
 
 def parse_json(raw: bytes) -> Any:
