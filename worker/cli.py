@@ -6,8 +6,11 @@ import functools
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -18,7 +21,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from persistence.errors import InvalidInput, PausepointError
 from persistence.store import Store
-from worker.serialize import plain, run_detail
+from worker.serialize import checkpoint_view, plain, run_detail, timeline
 from worker.settings import Settings
 
 P = ParamSpec("P")
@@ -33,6 +36,10 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+audit_cli = typer.Typer(
+    help="Audit trails: check their hash chains, export them.", no_args_is_help=True
+)
+cli.add_typer(audit_cli, name="audit")
 
 console = Console()
 # Below this many columns, `runs` shows short run ids (commands take unique prefixes).
@@ -276,22 +283,71 @@ def runs(
 @friendly
 def show(
     run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    at: Annotated[
+        int | None,
+        typer.Option(
+            "--at",
+            help="Show checkpoint SEQ as it was: state, conversation, and what changed "
+            "from the checkpoint before it (`pausepoint history RUN` lists them).",
+            metavar="SEQ",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
 ) -> None:
-    """Show a run: state, conversation, waits and audit trail."""
-    from worker.render import run_panel
+    """Show a run: state, conversation, waits and audit trail (or one checkpoint, with --at)."""
+    from worker.render import checkpoint_panel, run_panel
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
+    if at is not None:
+        view = checkpoint_view(store, run_id, at)
+        if as_json:
+            print(json.dumps(view, indent=2, default=str))
+        else:
+            console.print(checkpoint_panel(view))
+        return
     if as_json:
         print(json.dumps(run_detail(store, run_id), indent=2))
         return
     run = store.get_run(run_id)
+    if run.purge_state is not None:
+        # Retention removed its state: the row and the trail are what is left to show.
+        console.print(run_panel(run, None, [], [], store.events(run_id)))
+        return
     checkpoint = store.checkpoint(run_id)
     history = store.history(run_id, stop=run.history_len)
     waits = store.waits(run_id)
     events = store.events(run_id)
     console.print(run_panel(run, checkpoint, history, waits, events))
+
+
+@cli.command("history")
+@friendly
+def history_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """List a run's checkpoints: what each changed, what led to it, rollbacks and forks."""
+    from worker.render import history_view
+
+    store = open_store()
+    run_id = store.resolve_run_id(run_id)
+    run = store.get_run(run_id)
+    steps = timeline(store, run_id)
+    forks = store.forks(run_id)
+    if as_json:
+        out = {
+            "run_id": run.id,
+            "status": run.status,
+            "seq": run.seq,
+            "parent_run_id": run.parent_run_id,
+            "parent_seq": run.parent_seq,
+            "forks": [{"run_id": f.id, "at_seq": f.parent_seq, "status": f.status} for f in forks],
+            "checkpoints": steps,
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return
+    console.print(history_view(run, steps, forks))
 
 
 def _decide(run_id: str, approved: bool, comment: str, by: str | None, data: str | None) -> None:
@@ -334,6 +390,304 @@ def reject(
 ) -> None:
     """Reject a run that waits for approval; its next step is queued to handle it."""
     _decide(run_id, False, comment, by, None)
+
+
+# ------------------------------------------------------ rollback, fork, hold
+
+
+@cli.command()
+@friendly
+def rollback(
+    run_id: Annotated[str, typer.Argument(help="The run's id (not running).")],
+    to: Annotated[
+        int,
+        typer.Option(
+            "--to",
+            help="The checkpoint to continue from (`pausepoint history RUN`).",
+            metavar="SEQ",
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who does it (default: cli:$USER).")] = None,
+) -> None:
+    """Continue a run from an earlier checkpoint; its next step is queued, or it waits again.
+
+    Nothing is deleted: the later checkpoints, messages and events stay in the trail.
+    """
+    from worker.app import create_app, runtime
+
+    rt = runtime(create_app(settings()))
+    run_id = rt.store.resolve_run_id(run_id)
+    before = rt.store.get_run(run_id)
+    run = rt.rollback(run_id, to, actor=by or default_actor(), reason=reason)
+    console.print(
+        Text.assemble(
+            "run ",
+            (run.id, "bold"),
+            f" rolled back from #{before.seq} to #{to}: now at checkpoint #{run.seq}, ",
+            (run.status, "bold"),
+            f" at step {run.step or '-'}",
+        )
+    )
+
+
+@cli.command()
+@friendly
+def fork(
+    run_id: Annotated[str, typer.Argument(help="The run to fork.")],
+    at: Annotated[
+        int | None,
+        typer.Option(
+            "--at", help="The checkpoint to fork at (default: the latest).", metavar="SEQ"
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who does it (default: cli:$USER).")] = None,
+) -> None:
+    """Start a new, independent run from a checkpoint of this one; prints the new run's id."""
+    from worker.app import create_app, runtime
+
+    rt = runtime(create_app(settings()))
+    run_id = rt.store.resolve_run_id(run_id)
+    child = rt.fork(run_id, at, actor=by or default_actor(), reason=reason)
+    console.print(
+        Text.assemble(
+            "run ",
+            (child.id, "bold"),
+            f" forked from run {child.parent_run_id} at checkpoint #{child.parent_seq}: ",
+            (child.status, "bold"),
+            f" at step {child.step or '-'}",
+        )
+    )
+
+
+@cli.command()
+@friendly
+def hold(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    release: Annotated[bool, typer.Option("--release", help="Lift the hold instead.")] = False,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail.")] = "",
+    by: Annotated[str | None, typer.Option(help="Who does it (default: cli:$USER).")] = None,
+) -> None:
+    """Put a run under legal hold (retention never touches it), or lift the hold."""
+    from worker.app import create_app, runtime
+
+    rt = runtime(create_app(settings()))
+    run_id = rt.store.resolve_run_id(run_id)
+    on = not release
+    if rt.store.get_run(run_id).legal_hold == on:
+        state = "already under legal hold" if on else "not under legal hold"
+        console.print(Text.assemble("run ", (run_id, "bold"), f" is {state}; nothing changed"))
+        return
+    run = rt.set_legal_hold(run_id, on, actor=by or default_actor(), reason=reason)
+    what = (
+        " is under legal hold: retention leaves it alone"
+        if run.legal_hold
+        else ": legal hold lifted; retention applies again"
+    )
+    console.print(Text.assemble("run ", (run.id, "bold"), what))
+
+
+# ---------------------------------------------------------------- retention
+
+
+@cli.command()
+@friendly
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would go; change nothing.")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Runs per transaction.", min=1)] = 100,
+) -> None:
+    """One retention pass now: prune, purge and archive finished runs as the policy says.
+
+    The policy comes from PAUSEPOINT_RETENTION_KEEP_CHECKPOINTS, PAUSEPOINT_RETENTION_DAYS,
+    PAUSEPOINT_RETENTION_EVENTS_DAYS, PAUSEPOINT_RETENTION_WORKFLOWS and
+    PAUSEPOINT_ARCHIVE_DIR. Waiting, running and held runs are never touched.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from worker.app import create_app, runtime
+    from worker.render import gc_table
+
+    rt = runtime(create_app(settings()))
+    policies = [rt.retention.default, *rt.retention.workflows.values()]
+    if all(p.keep_checkpoints is None and p.delete_after_days is None for p in policies):
+        console.print(
+            "no retention policy is configured, so there is nothing to do; set "
+            "PAUSEPOINT_RETENTION_KEEP_CHECKPOINTS, PAUSEPOINT_RETENTION_DAYS or "
+            "PAUSEPOINT_RETENTION_WORKFLOWS",
+            highlight=False,
+        )
+        return
+    with Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if not total:  # nothing to do in this phase: show it done, not pulsing
+                done = total = 1
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        report = rt.gc(dry_run=dry_run, batch=batch, actor=default_actor(), progress=progress)
+    console.print(gc_table(report, rt.retention.describe()))
+
+
+# -------------------------------------------------------------------- audit
+
+
+class ExportFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+@audit_cli.command("verify")
+@friendly
+def audit_verify(
+    run_id: Annotated[
+        str | None, typer.Argument(help="The run to check (default: every run).")
+    ] = None,
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            help="Check an archive file written by retention (or every *.jsonl under a "
+            "directory) instead of the store.",
+            metavar="FILE",
+        ),
+    ] = None,
+) -> None:
+    """Check audit trails against their hash chains; exit 1 when any was tampered with."""
+    if archive is not None:
+        if run_id is not None:
+            raise InvalidInput("give a run or --archive, not both")
+        _report_findings(_verify_archives(archive), "archive file")
+        return
+    store = open_store()
+    if run_id is not None:
+        run_id = store.resolve_run_id(run_id)
+        finding = store.verify(run_id)
+        count = store.get_run(run_id).event_count
+        if finding is None:
+            console.print(f"ok: run {run_id} verified ({count} events)", highlight=False)
+            return
+        _print_finding(str(finding))
+        raise typer.Exit(1)
+    _report_findings(_verify_store(store), "run")
+
+
+def _verify_store(store: Store) -> list[tuple[str, str | None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    results: list[tuple[str, str | None]] = []
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=store.count_runs())
+        for run_id, finding in store.verify_all():
+            results.append((run_id, None if finding is None else str(finding)))
+            bar.advance(task)
+    return results
+
+
+def _verify_archives(path: Path) -> list[tuple[str, str | None]]:
+    from persistence.audit import ExportedEvent, verify_chain
+    from persistence.retention import read_archive
+
+    if path.is_dir():
+        files = sorted(path.rglob("*.jsonl"))
+        if not files:
+            raise InvalidInput(f"no archive files (*.jsonl) under {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise InvalidInput(f"no such archive file: {path}")
+    results: list[tuple[str, str | None]] = []
+    for file in files:
+        try:
+            header, records = read_archive(file)
+            run_id = str(header["run_id"])
+            count, head = int(header["event_count"]), str(header["event_hash"])
+            events = [ExportedEvent.from_record(r) for r in records]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{file} is not a text file") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"{file} is not JSON lines ({exc.msg} on line {exc.lineno})"
+            ) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"{file} is not a Pausepoint archive (a run header line, then events): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        finding = verify_chain(run_id, events, count, head)
+        results.append((str(file), None if finding is None else f"{file}: {finding}"))
+    return results
+
+
+def _print_finding(text: str) -> None:
+    console.print(Text.assemble(("FAILED ", "bold red"), text), soft_wrap=True, highlight=False)
+
+
+def _report_findings(results: list[tuple[str, str | None]], what: str) -> None:
+    bad = [finding for _, finding in results if finding is not None]
+    for finding in bad:
+        _print_finding(finding)
+    good = len(results) - len(bad)
+    summary = f"ok: {good} {what}{'' if good == 1 else 's'} verified"
+    if bad:
+        summary += f"; {len(bad)} failed"
+    console.print(summary, highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@audit_cli.command("export")
+@friendly
+def audit_export(
+    run_id: Annotated[str, typer.Argument(help="The run whose trail to export.")],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl (one event a line) or csv.")
+    ] = ExportFormat.jsonl,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write a run's audit trail for auditors: every event with its hashes, so anyone can
+    recompute the chain."""
+    from persistence.audit import to_csv, to_jsonl
+
+    store = open_store()
+    run_id = store.resolve_run_id(run_id)
+    events = store.events(run_id)
+    chunks = to_jsonl(events) if fmt is ExportFormat.jsonl else to_csv(events)
+    if output is None:
+        try:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # `| head`: the reader has what it wanted. Keep Python's exit flush quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    try:
+        with output.open("w", encoding="utf-8", newline="") as f:
+            for chunk in chunks:
+                f.write(chunk)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    console.print(Text(f"wrote {len(events)} events of run {run_id} to {output} ({fmt.value})"))
 
 
 # -------------------------------------------------------------------- waits

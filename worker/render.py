@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from persistence.records import Checkpoint, Event, Message, RunRecord, WaitRecord
+from persistence.retention import GcReport
 
 STATUS_STYLE = {
     "queued": "cyan",
@@ -176,11 +178,13 @@ def _details(e: Event) -> str:
 
 def run_panel(
     run: RunRecord,
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoint | None,
     history: Sequence[Message],
     waits: Sequence[WaitRecord],
     events: Sequence[Event],
 ) -> Group:
+    """A run's summary, state, conversation, waits and trail. ``checkpoint`` is None for a
+    run whose state retention removed: its row and trail are all there is."""
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -202,16 +206,234 @@ def run_panel(
         rows.append(("result", short(run.result, 200)))
     if run.error:
         rows.append(("error", Text(run.error, style="red")))
+    if run.parent_run_id:
+        rows.append(("forked from", f"{run.parent_run_id} at checkpoint #{run.parent_seq}"))
+    if run.legal_hold:
+        rows.append(("legal hold", Text("on: retention leaves this run alone", style="bold")))
+    if run.purge_state is not None:
+        rows.append(("state", Text(purged_note(run), style="yellow")))
     for key, value in rows:
         summary.add_row(key, value if isinstance(value, Text) else Text(str(value)))
-    state = Text(json.dumps(checkpoint.state, indent=2, default=str))
-    parts: list[Any] = [
-        Panel(summary, title=f"Run {run.id}", expand=False),
-        Panel(state, title=f"State at checkpoint #{checkpoint.seq}", expand=False),
-    ]
+    parts: list[Any] = [Panel(summary, title=f"Run {run.id}", expand=False)]
+    if checkpoint is not None:
+        state = Text(json.dumps(checkpoint.state, indent=2, default=str))
+        parts.append(Panel(state, title=f"State at checkpoint #{checkpoint.seq}", expand=False))
     if history:
         parts.append(history_table(history))
     if waits:
         parts.append(waits_table(waits))
     parts.append(events_table(events))
+    return Group(*parts)
+
+
+def purged_note(run: RunRecord) -> str:
+    day = run.purged_at.date().isoformat() if run.purged_at else "?"
+    return f"removed by the retention policy on {day}; the audit trail remains"
+
+
+# ------------------------------------------------------ history, checkpoints
+
+
+def timeline_table(run: RunRecord, timeline: Sequence[dict[str, Any]]) -> Table:
+    """A run's checkpoints, oldest first (``worker.serialize.timeline``); ▶ marks the
+    current one, and a note says which checkpoint a rollback went back to."""
+    rollbacks = any(cp.get("rolled_back_to") is not None for cp in timeline)
+    table = Table(
+        title=f"Checkpoints of run {run.id}",
+        caption="▶ current · events: recorded since the checkpoint before"
+        + (" · ↩ to: where a rollback went back to" if rollbacks else ""),
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("at (UTC)", min_width=8)
+    table.add_column("next step", overflow="fold")
+    table.add_column("msgs", justify="right", no_wrap=True)
+    table.add_column("changed", overflow="fold", min_width=12)
+    table.add_column("events", overflow="fold", min_width=14)
+    if rollbacks:
+        table.add_column("↩ to", no_wrap=True)
+    for cp in timeline:
+        at = datetime.fromisoformat(cp["created_at"]).astimezone(timezone.utc)
+        row: list[Any] = [
+            Text.assemble(("▶ ", "bold green"), str(cp["seq"]))
+            if cp["current"]
+            else Text(str(cp["seq"])),
+            at.strftime("%m-%d %H:%M:%S"),
+            Text(cp["step"] or "(end)", style="" if cp["step"] else "dim"),
+            str(cp["messages"]),
+            Text(", ".join(cp["changed"])),
+            Text(", ".join(cp["events"])),
+        ]
+        if rollbacks:
+            back = cp.get("rolled_back_to")
+            row.append(Text(f"#{back}" if back is not None else "", style="bold"))
+        table.add_row(*row)
+    return table
+
+
+def lineage(run: RunRecord, forks: Sequence[RunRecord]) -> Text:
+    """Where a run came from and which runs were forked from it."""
+    text = Text()
+    if run.parent_run_id:
+        text.append("forked from run ")
+        text.append(run.parent_run_id, style="bold")
+        text.append(f" at checkpoint #{run.parent_seq}\n")
+    if forks:
+        text.append(f"forks ({len(forks)}):\n")
+        for f in forks:
+            text.append("  ")
+            text.append(f.id, style="bold")
+            text.append(f" at checkpoint #{f.parent_seq}, ")
+            text.append(f.status, style=STATUS_STYLE.get(f.status, ""))
+            text.append("\n")
+    if not text:
+        text.append("no parent run, no forks\n", style="dim")
+    text.rstrip()
+    return text
+
+
+def history_view(
+    run: RunRecord, timeline: Sequence[dict[str, Any]], forks: Sequence[RunRecord]
+) -> Group:
+    return Group(timeline_table(run, timeline), lineage(run, forks))
+
+
+def _message_rows(table: Table, messages: Sequence[dict[str, Any]]) -> None:
+    for m in messages:
+        style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m["role"], "")
+        table.add_row(str(m["idx"]), Text(m["role"], style=style), Text(m["content"]))
+
+
+def checkpoint_panel(view: dict[str, Any]) -> Group:
+    """One checkpoint as it was (``worker.serialize.checkpoint_view``): its state, the
+    conversation then, and what changed from the checkpoint before it."""
+    at = datetime.fromisoformat(view["created_at"])
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("run", Text(view["run_id"]))
+    summary.add_row("checkpoint", f"#{view['seq']}")
+    summary.add_row("written", when(at))
+    summary.add_row("next step", Text(view["step"] or "(end)"))
+    summary.add_row("messages", str(len(view["history"])))
+    parts: list[Any] = [
+        Panel(summary, title=f"Checkpoint #{view['seq']}", expand=False),
+        Panel(
+            Text(json.dumps(view["state"], indent=2, default=str)),
+            title=f"State at checkpoint #{view['seq']}",
+            expand=False,
+        ),
+    ]
+    if view["history"]:
+        table = Table(
+            title=f"Conversation as of checkpoint #{view['seq']}", header_style="bold", expand=True
+        )
+        table.add_column("#", justify="right", width=4)
+        table.add_column("role", width=9)
+        table.add_column("content", ratio=1)
+        _message_rows(table, view["history"])
+        parts.append(table)
+    parts.append(changes_table(view))
+    return Group(*parts)
+
+
+def changes_table(view: dict[str, Any]) -> Table | Text:
+    changes = view.get("changes")
+    if changes is None:
+        return Text("the first checkpoint: nothing before it to compare", style="dim")
+    table = Table(
+        title=f"Changes from #{changes['from_seq']} to #{view['seq']}", header_style="bold"
+    )
+    table.add_column("what")
+    table.add_column("key / #")
+    table.add_column("value", ratio=1)
+    state = changes["state"]
+    for key, value in state["added"].items():
+        table.add_row(Text("state added", style="green"), Text(key), Text(short(value, 80)))
+    for key in state["removed"]:
+        table.add_row(Text("state removed", style="red"), Text(key), "")
+    for key, change in state["changed"].items():
+        table.add_row(
+            Text("state changed", style="yellow"),
+            Text(key),
+            Text(f"{short(change['from'], 38)} → {short(change['to'], 38)}"),
+        )
+    for m in changes["messages_added"]:
+        table.add_row(
+            Text("message added", style="green"),
+            str(m["idx"]),
+            Text(f"{m['role']}: {short(m['content'], 70)}"),
+        )
+    dropped = changes["messages_dropped"]
+    if dropped:
+        table.add_row(
+            Text("messages dropped", style="red"),
+            str(dropped),
+            Text(f"{dropped} message(s) left the conversation (a rollback); they stay stored"),
+        )
+    if not table.row_count:
+        table.add_row(Text("nothing", style="dim"), "", "")
+    return table
+
+
+# ----------------------------------------------------------------- retention
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def gc_table(report: GcReport, policy: dict[str, Any]) -> Group:
+    """What one retention pass removed or, on a dry run, would remove
+    (``persistence.retention.GcReport``)."""
+    verb = "would remove" if report.dry_run else "removed"
+    title = "Retention: dry run, nothing was changed" if report.dry_run else "Retention pass"
+    table = Table(title=title, header_style="bold")
+    table.add_column("what")
+    table.add_column(verb, justify="right")
+    table.add_column("detail")
+    rows = report.rows_purged
+    table.add_row(
+        "old checkpoints (pruned)",
+        str(report.checkpoints_pruned),
+        f"from {report.runs_pruned} finished run(s)",
+    )
+    table.add_row(
+        "run state (purged)",
+        str(report.runs_purged),
+        "run(s): " + ", ".join(f"{rows.get(k, 0)} {k}" for k in sorted(rows)),
+    )
+    if report.purges_finished:
+        table.add_row("interrupted purges finished", str(report.purges_finished), "run(s)")
+    table.add_row(
+        "audit trails (archived, then deleted with their runs)",
+        str(report.runs_deleted),
+        f"run(s), {report.events_archived} event(s)",
+    )
+    table.add_row("early deliveries for no run", str(report.deliveries_removed), "")
+    if report.skipped:
+        table.add_row("skipped (changed while the pass ran)", str(report.skipped), "run(s)")
+    if report.bytes_before is not None:
+        after = report.bytes_after
+        detail = (
+            f"{human_bytes(report.bytes_before)} → {human_bytes(after)}"
+            if after is not None
+            else f"{human_bytes(report.bytes_before)} now"
+        )
+        freed = report.bytes_before - after if after is not None else None
+        table.add_row("SQLite file", human_bytes(freed) if freed and freed > 0 else "-", detail)
+    parts: list[Any] = [table]
+    for path in report.archive_files:
+        parts.append(Text.assemble("archived: ", (path, "bold")))
+    if report.cleanup_id is not None:
+        parts.append(Text(f"recorded as cleanup #{report.cleanup_id}", style="dim"))
+    parts.append(Text("policy: " + json.dumps(policy, default=str), style="dim"))
     return Group(*parts)
