@@ -165,9 +165,7 @@ def test_each_run_gets_exactly_what_the_policy_allows(
         path = next(Path(p) for p in report.archive_files if run_id in p)
         header, records = read_archive(path)
         trail = [ExportedEvent.from_record(r) for r in records]
-        assert [e.hash for e in trail] == [e.hash for e in trail_before[run_id]] + [
-            trail[-1].hash
-        ]
+        assert [e.hash for e in trail] == [e.hash for e in trail_before[run_id]] + [trail[-1].hash]
         assert trail[-1].kind == "purged"
         assert verify_chain(run_id, trail, header["event_count"], header["event_hash"]) is None
     # Finished 45 days ago: state gone, run row and trail kept, reads say Gone.
@@ -286,9 +284,7 @@ def test_an_interrupted_pass_is_finished_by_the_next(
     assert set(fleet.untouched) <= remaining
 
 
-def test_held_then_released_goes_on_the_next_pass(
-    d: Driver, clock: Clock, tmp_path: Path
-) -> None:
+def test_held_then_released_goes_on_the_next_pass(d: Driver, clock: Clock, tmp_path: Path) -> None:
     held = finished(d, clock, 100)
     d.rt.set_legal_hold(held, True, actor="legal")
     clock.now = TODAY

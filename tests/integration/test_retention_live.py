@@ -66,22 +66,17 @@ class Seeder:
         return new.id, new.version
 
     def finished(self, days: float, *, failed: bool = False) -> str:
+        """A run that finished ``days`` ago in one step: checkpoints 0 and 1, 3 messages."""
         rid, v = self._start(days)
-        rid, v = self._step(
-            rid,
-            v,
-            Transition(
-                status=QUEUED,
-                state={"done": 1},
-                step="tick",
-                messages=(NewMessage("assistant", PAD),),
-            ),
-        )
         end = Transition(
             status=FAILED if failed else COMPLETED,
-            state={"done": 2},
-            messages=(NewMessage("assistant", PAD), NewMessage("assistant", "bye")),
-            result=None if failed else {"steps": 2},
+            state={"done": 1},
+            messages=(
+                NewMessage("assistant", PAD),
+                NewMessage("assistant", PAD),
+                NewMessage("assistant", "bye"),
+            ),
+            result=None if failed else {"steps": 1},
             error="seeded failure" if failed else None,
         )
         self._step(rid, v, end)
@@ -95,8 +90,9 @@ class Seeder:
 
     def queued(self, days: float) -> str:
         rid, v = self._start(days)
-        # A retry due in ten days: queued, and no worker may take it before then.
-        retry = Transition(status=QUEUED, state={}, step="tick", retry=True, delay=10 * 86400)
+        # A retry due ten days from now: queued, and no worker may take it before then.
+        delay = (self.now - self.at).total_seconds() + 10 * 86400
+        retry = Transition(status=QUEUED, state={}, step="tick", retry=True, delay=delay)
         self._step(rid, v, retry)
         return rid
 
@@ -168,9 +164,12 @@ class Producer(threading.Thread):
                     self.errors.append(f"{r.status_code} {r.text}")
                 else:
                     self.ids.append(r.json()["id"])
-                time.sleep(0.05)
+                if len(self.ids) >= 150:
+                    return
+                time.sleep(0.25)
 
 
+@pytest.mark.timeout(900)
 def test_gc_under_load_killed_and_resumed(cluster: Cluster, tmp_path: Path) -> None:
     seeder = Seeder(cluster.env["PAUSEPOINT_STORE_URL"])
     t0 = time.monotonic()
@@ -268,7 +267,7 @@ def test_gc_under_load_killed_and_resumed(cluster: Cluster, tmp_path: Path) -> N
         run = store.get_run(rid)
         assert run.purge_state == PURGED and store.verify(rid) is None
     for rid in recent:
-        assert [c.seq for c in store.checkpoints(rid)] == [2]
+        assert [c.seq for c in store.checkpoints(rid)] == [1]
         assert len(store.history(rid)) == 3
     assert snapshot(store, untouched) == before
     assert orphans(store) == 0
@@ -287,7 +286,9 @@ def test_gc_under_load_killed_and_resumed(cluster: Cluster, tmp_path: Path) -> N
     # The live traffic went on: every run started during the passes finished intact.
     assert producer.errors == []
     assert len(producer.ids) > 20
-    finished = cluster.wait_for(producer.ids, lambda r: r.status == COMPLETED, "live runs")
+    finished = cluster.wait_for(
+        producer.ids, lambda r: r.status == COMPLETED, "live runs", timeout=180
+    )
     for run in finished:
         assert run.result == {"steps": 3}
         assert [m.content for m in store.history(run.id)] == [f"live #{i}" for i in (1, 2, 3)]
