@@ -609,6 +609,16 @@ _STATE_TABLES = (
 )
 
 
+def pending_purges(store: Store) -> int:
+    """Runs an interrupted pass marked for purging and did not finish."""
+    with store.read() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(runs).where(runs.c.purge_state == PENDING_PURGE)
+            ).scalar_one()
+        )
+
+
 def archive_path(root: Path, run: RunRecord) -> Path:
     finished = run.finished_at or run.created_at
     return root / finished.strftime("%Y-%m") / f"{run.id}.jsonl"

@@ -824,7 +824,8 @@ class Store:
         reason: str = "",
         token_hash: TokenHasher | None = None,
     ) -> RunRecord:
-        """Start a new run from checkpoint ``at_seq`` of ``run_id`` (its latest by default).
+        """Start a new run from checkpoint ``at_seq`` of ``run_id`` (by default its latest
+        one that has a next step or a wait: for a finished run, the one before its end).
 
         The new run has the same agent, workflow, task and input, the checkpoint's state
         and a copy of its conversation, and records its parent and the checkpoint it
@@ -834,7 +835,7 @@ class Store:
         with self.write() as conn:
             parent = queries.get_run(conn, run_id)
             self._check_rewindable(parent)
-            seq = parent.seq if at_seq is None else at_seq
+            seq = _continuable_seq(conn, parent) if at_seq is None else at_seq
             if not 0 <= seq <= parent.seq:
                 raise InvalidInput(
                     f"run {parent.id} has checkpoints 0 to {parent.seq}; cannot fork at {seq}"
@@ -1693,6 +1694,21 @@ class Store:
 
 TokenHasher = Callable[[str, int, "str | None"], str]
 """``(run_id, seq, source) -> token hash``: the token a callback wait opened at ``seq`` has."""
+
+
+def _continuable_seq(conn: Connection, run: RunRecord) -> int:
+    """The run's latest checkpoint that has a next step or a wait (a finished run's last
+    checkpoint has neither)."""
+    seq = conn.execute(
+        select(func.max(checkpoints.c.seq)).where(
+            checkpoints.c.run_id == run.id,
+            or_(
+                checkpoints.c.step.is_not(None),
+                checkpoints.c.seq.in_(select(waits.c.seq).where(waits.c.run_id == run.id)),
+            ),
+        )
+    ).scalar()
+    return run.seq if seq is None else int(seq)
 
 
 def _purged_message(run: RunRecord) -> str:

@@ -7,6 +7,7 @@ Defined with ``@shared_task`` so this package never imports the Celery app;
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 from celery import Task, shared_task
@@ -20,26 +21,32 @@ GC = "pausepoint.gc"
 FACTORY_KEY = "pausepoint_runtime_factory"
 
 # One runtime per (process, app): prefork children build their own after the fork,
-# so no database connection crosses a fork.
-_runtimes: dict[tuple[int, int], Runtime] = {}
+# so no database connection crosses a fork. Keyed by id(app), with a weak reference
+# to check it is still that app: a new app may get a collected one's id.
+_runtimes: dict[tuple[int, int], tuple[weakref.ref[Any], Runtime]] = {}
 
 
 def runtime_for(app: Any) -> Runtime:
     key = (os.getpid(), id(app))
-    runtime = _runtimes.get(key)
-    if runtime is None:
-        factory = app.conf.get(FACTORY_KEY)
-        if factory is None:
-            raise ConfigurationError(
-                "this Celery app has no Pausepoint runtime; build it with worker.app.create_app()"
-            )
-        runtime = _runtimes[key] = factory(app)
-    return runtime
+    cached = _runtimes.get(key)
+    if cached is not None:
+        ref, runtime = cached
+        if ref() is app:
+            return runtime
+        runtime.store.close()
+    factory = app.conf.get(FACTORY_KEY)
+    if factory is None:
+        raise ConfigurationError(
+            "this Celery app has no Pausepoint runtime; build it with worker.app.create_app()"
+        )
+    built: Runtime = factory(app)
+    _runtimes[key] = (weakref.ref(app), built)
+    return built
 
 
 def forget_runtimes() -> None:
     """Drop this process's runtimes (tests, and after a fork)."""
-    for runtime in _runtimes.values():
+    for _, runtime in _runtimes.values():
         runtime.store.close()
     _runtimes.clear()
 

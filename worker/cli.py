@@ -507,12 +507,15 @@ def gc(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
+    from persistence.retention import pending_purges
     from worker.app import create_app, runtime
     from worker.render import gc_table
 
     rt = runtime(create_app(settings()))
     policies = [rt.retention.default, *rt.retention.workflows.values()]
-    if all(p.keep_checkpoints is None and p.delete_after_days is None for p in policies):
+    unset = all(p.keep_checkpoints is None and p.delete_after_days is None for p in policies)
+    # Purges an interrupted pass left half done are finished even with no policy now.
+    if unset and not pending_purges(rt.store):
         console.print(
             "no retention policy is configured, so there is nothing to do; set "
             "PAUSEPOINT_RETENTION_KEEP_CHECKPOINTS, PAUSEPOINT_RETENTION_DAYS or "

@@ -212,7 +212,11 @@ def test_fork_of_a_queued_checkpoint_runs_from_that_step(d: Driver) -> None:
         d.rt.fork(parent_id, 9, actor="analyst")
     d.approve(parent_id)
     with pytest.raises(InvalidInput, match="ended"):
-        d.rt.fork(parent_id, actor="analyst")  # the last checkpoint of a finished run
+        d.rt.fork(parent_id, 3, actor="analyst")  # the last checkpoint of a finished run
+    # By default a finished run forks at its last checkpoint that leads somewhere: the
+    # approval it parked on.
+    again = d.rt.fork(parent_id, actor="analyst")
+    assert (again.parent_seq, again.status, again.step) == (2, WAITING, "three")
 
 
 # --------------------------------------------------------------- time travel

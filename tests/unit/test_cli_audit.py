@@ -462,7 +462,7 @@ def test_fork_starts_an_independent_run(home: Home) -> None:
         # The parent is as it was: its own rejection, nothing appended.
         assert store.get_run(parent) == parent_before
     # A finished run's latest checkpoint is its end: there is nothing to continue from.
-    home.refused("fork", parent, words=("checkpoint 2", "where it ended"))
+    home.refused("fork", parent, "--at", "2", words=("checkpoint 2", "where it ended"))
     waiting = loan(home, decision=None)
     latest = home.ok("fork", waiting)
     grandchild = RUN_ID.findall(latest.out)[0]
