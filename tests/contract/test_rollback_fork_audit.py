@@ -388,3 +388,32 @@ def test_wait_rows_of_a_rollback_are_consistent(d: Driver) -> None:
     d.approve(run_id)
     assert d.store.get_run(run_id).result["path"] == ["one", "two:plain", "three:yes"]
     assert d.store.verify(run_id) is None
+
+
+def test_every_transition_is_an_event_with_its_actor(d: Driver) -> None:
+    run_id = d.start()
+    d.approve(run_id, who="alice")
+    d.rt.rollback(run_id, 2, actor="auditor", reason="redo")
+    d.rt.set_legal_hold(run_id, True, actor="legal")
+    trail = [(e.kind, e.actor) for e in d.store.events(run_id)]
+    assert trail == [
+        ("created", "test"),
+        ("step_started", "test-worker"),
+        ("step_completed", "test-worker"),
+        ("step_started", "test-worker"),
+        ("step_completed", "test-worker"),
+        ("paused", "test-worker"),
+        ("decided", "alice"),
+        ("resumed", "alice"),
+        ("step_started", "test-worker"),
+        ("step_completed", "test-worker"),
+        ("completed", "test-worker"),
+        ("rolled_back", "auditor"),
+        ("paused", "auditor"),
+        ("legal_hold", "legal"),
+    ]
+    completed = [e for e in d.store.events(run_id) if e.kind == "step_completed"]
+    assert [e.data["key"] for e in completed] == [f"{run_id}:{n}" for n in (1, 2, 3)]
+    assert all(e.data["duration_ms"] >= 0 for e in completed)
+    paused = next(e for e in d.store.events(run_id) if e.kind == "paused")
+    assert paused.data["kind"] == "approval" and paused.data["group"] == "ops"

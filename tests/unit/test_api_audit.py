@@ -545,9 +545,7 @@ def test_fork_without_a_body_takes_the_latest_checkpoint(env: Env) -> None:
 def test_fork_at_a_bad_checkpoint_is_422_and_changes_nothing(env: Env) -> None:
     run_id = env.completed_loan()
     # Its latest checkpoint is where it ended: nothing to continue from there.
-    env.refused(
-        lambda: env.post(f"/runs/{run_id}/fork", {"at_seq": 2}), 422, says="where it ended"
-    )
+    env.refused(lambda: env.post(f"/runs/{run_id}/fork", {"at_seq": 2}), 422, says="where it ended")
     env.refused(lambda: env.post(f"/runs/{run_id}/fork", {"at_seq": 7}), 422, says="0 to 2")
     env.refused(
         lambda: env.post(f"/runs/{run_id}/fork", {"at_seq": -1}),
