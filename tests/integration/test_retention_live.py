@@ -172,6 +172,13 @@ class Producer(threading.Thread):
 @pytest.mark.timeout(900)
 def test_gc_under_load_killed_and_resumed(cluster: Cluster, tmp_path: Path) -> None:
     seeder = Seeder(cluster.env["PAUSEPOINT_STORE_URL"])
+    try:
+        _gc_under_load(cluster, tmp_path, seeder)
+    finally:
+        seeder.store.close()
+
+
+def _gc_under_load(cluster: Cluster, tmp_path: Path, seeder: Seeder) -> None:
     t0 = time.monotonic()
     ancient = [seeder.finished(70 + i % 50, failed=i % 7 == 0) for i in range(1300)]
     old = [seeder.finished(40 + i % 15) for i in range(300)]
