@@ -29,9 +29,13 @@ test: $(VENV)/.dev
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest tests/unit tests/contract -k "not postgres"
 
-# Resume latency, on Redis + Postgres and on the embedded default (not a test).
-bench: $(VENV)/.dev
-	$(BIN)/python -m bench resume
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $@ $(VENV)/.dev $(VENV)/.base
+
+# Every benchmark, 3 repetitions, table + bench/results/bench.json + bench.png (not a test).
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench all
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -1,4 +1,7 @@
-"""``python -m bench resume [--resumes N] [--backend embedded|redis|all]``.
+"""``python -m bench all [--repeats 3] [--quick] [--only a,b]``: every benchmark.
+
+``python -m bench resume [--resumes N] [--backend embedded|redis|all]``: resume
+latency alone, with its breakdown.
 
 ``python -m bench store`` is the diagnosis behind the resume figures: the store's
 two transactions of a resume, timed statement by statement, in-process.
@@ -50,7 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "store_profile.json"
     )
+    every = sub.add_parser(
+        "all",
+        help="every benchmark (throughput, checkpoint, resume, parked): table, JSON and PNG",
+    )
+    every.add_argument("--repeats", type=int, default=3, help="repetitions of each (>= 3)")
+    every.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    every.add_argument(
+        "--only", default="", help="comma-separated subset: throughput,checkpoint,resume,parked"
+    )
+    every.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
+    if args.benchmark == "all":
+        from bench.suite import BENCHMARKS, run_all
+
+        names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown or args.repeats < 1:
+            parser.error(f"unknown benchmark(s) {unknown}" if unknown else "--repeats >= 1")
+        return run_all(names, args.repeats, args.quick, args.out_dir)
     if args.benchmark == "store":
         from bench import store_profile
 
