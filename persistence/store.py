@@ -1050,13 +1050,16 @@ class Store:
     def wake_resources(self, names: Sequence[str] | None = None) -> list[RunRecord]:
         """Give free slots to the runs waiting longest for them; returns the runs queued."""
         with self.read() as conn:
-            query = (
-                select(waits.c.resource)
-                .where(waits.c.kind == RESOURCE, waits.c.status == PENDING)
-                .distinct()
+            # From the (few) resources, each probing its pending waiters by index: a scan
+            # of pending waits would cost every sweep in proportion to all parked runs.
+            waiting = (
+                select(waits.c.id)
+                .where(waits.c.resource == resources.c.name, waits.c.status == PENDING)
+                .exists()
             )
+            query = select(resources.c.name).where(waiting)
             if names is not None:
-                query = query.where(waits.c.resource.in_(list(names)))
+                query = query.where(resources.c.name.in_(list(names)))
             wanted = [str(n) for n in conn.execute(query).scalars()]
         woken: list[RunRecord] = []
         for name in wanted:

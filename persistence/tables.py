@@ -187,7 +187,8 @@ events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
-Index("ix_events_created_at", events.c.created_at)
+# No index on created_at: nothing reads events across runs by time, and a parked run
+# would pay for it in every one of its events (bench/README.md, parked runs).
 
 waits = Table(
     "waits",
