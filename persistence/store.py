@@ -396,6 +396,19 @@ class Store:
                 run=claimed, checkpoint=checkpoint, agent=agent, resumed=resumed, holds=holds
             )
 
+    def next_claim(self, claim: Claim, run: RunRecord, state: dict[str, Any]) -> Claim:
+        """The claim a ``keep_lease`` commit took: ``run`` as committed, its new checkpoint."""
+        checkpoint = Checkpoint(
+            run_id=run.id,
+            seq=run.seq,
+            step=run.step,
+            state=state,
+            history_len=run.history_len,
+            segments=run.segments,
+            created_at=run.updated_at,
+        )
+        return Claim(run=run, checkpoint=checkpoint, agent=claim.agent)
+
     def renew_lease(self, claim: Claim, owner: str) -> None:
         """Push a long step's lease forward, so the sweeper does not take its run away."""
         now = self.clock()
@@ -412,8 +425,15 @@ class Store:
             if result.rowcount != 1:
                 raise StaleVersion(claim.run.id, claim.run.version)
 
-    def commit_step(self, claim: Claim, owner: str, transition: Transition) -> RunRecord:
-        """Commit one step's result atomically; raise StaleVersion if the lease was lost."""
+    def commit_step(
+        self, claim: Claim, owner: str, transition: Transition, *, keep_lease: bool = False
+    ) -> RunRecord:
+        """Commit one step's result atomically; raise StaleVersion if the lease was lost.
+
+        ``keep_lease``: when the next step is due now, the same transaction also claims it
+        for ``owner`` (status stays ``running``, a ``step_started`` event is written), so
+        the worker runs it at once without a broker round trip: see :meth:`next_claim`.
+        """
         t = transition
         now = self.clock()
         run = claim.run
@@ -425,7 +445,15 @@ class Store:
             "published_at": None,
             "attempt": run.attempt + 1 if t.retry else 0,
         }
-        if t.status == QUEUED:
+        chained = keep_lease and t.status == QUEUED and not t.retry and t.delay <= 0
+        if chained:
+            changes.update(
+                status=RUNNING,
+                step=t.step,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+            )
+        elif t.status == QUEUED:
             changes["step"] = t.step
             changes["due_at"] = now + timedelta(seconds=t.delay)
             changes["published_at"] = now if t.delay <= 0 else None
@@ -442,6 +470,9 @@ class Store:
         # A retry keeps the state of the checkpoint it retries: no new checkpoint.
         state = None if t.retry else ensure_json(t.state, "step state")
         events = list(t.events)
+        if chained:
+            key = f"{run.id}:{run.seq + 2}"
+            events.append(NewEvent("step_started", {"step": t.step, "attempt": 0, "key": key}))
         wait_status, wait_outcome = PENDING, None
         with self.write() as conn:
             if not t.retry:

@@ -35,6 +35,7 @@ from persistence.records import (
     FAILED,
     QUEUED,
     RESOURCE,
+    RUNNING,
     WAITING,
     Claim,
     NewEvent,
@@ -84,7 +85,13 @@ class Runtime:
         secret: bytes | None = None,
         public_url: str = "http://127.0.0.1:8000",
         retention: Retention | None = None,
+        inline_steps: int = 1,
+        inline_seconds: float = 2.0,
     ) -> None:
+        if inline_steps < 1:
+            raise InvalidInput("inline_steps must be at least 1")
+        self.inline_steps = inline_steps
+        self.inline_seconds = inline_seconds
         self.store = store
         self.retention = retention or Retention()
         self.llm = llm
@@ -285,28 +292,42 @@ class Runtime:
     # --------------------------------------------------------------- a step
 
     def run_step(self, run_id: str, version: int, *, owner: str | None = None) -> StepReport:
-        """Advance a run by one step, exactly once per version, whatever the duplicates."""
+        """Advance a run by one step, exactly once per version, whatever the duplicates.
+
+        With ``inline_steps`` > 1, a step whose next step is due now hands it to this same
+        worker in its commit (the lease is kept), up to ``inline_steps`` steps or
+        ``inline_seconds``: sequential steps skip the broker, each still one checkpoint.
+        """
         owner = owner or worker_identity()
         claim = self.store.claim(run_id, version, owner)
         if claim is None:
             log.debug("run %s v%d: stale or duplicate message, nothing to do", run_id, version)
             return StepReport(run_id, "stale")
-        started = time.monotonic()
-        with _Heartbeat(self.store, claim, owner):
-            transition = self._execute(claim)
-        duration_ms = round((time.monotonic() - started) * 1000, 3)
-        transition = _with_completion_event(transition, claim, duration_ms)
-        try:
-            new = self.store.commit_step(claim, owner, transition)
-        except StaleVersion:
-            log.warning("run %s: lease lost during step %s; result dropped", run_id, claim.run.step)
-            return StepReport(run_id, "stale", claim.run.step)
-        self.publish(new)
-        if claim.holds and not transition.retry:
-            # Slots came back with this commit: the runs waiting longest get them now.
-            for woken in self.store.wake_resources(claim.holds):
-                self.publish(woken)
-        return StepReport(run_id, "committed", claim.run.step, new.status, new.version)
+        until = time.monotonic() + self.inline_seconds
+        done = 0
+        while True:
+            started = time.monotonic()
+            with _Heartbeat(self.store, claim, owner):
+                transition = self._execute(claim)
+            duration_ms = round((time.monotonic() - started) * 1000, 3)
+            transition = _with_completion_event(transition, claim, duration_ms)
+            done += 1
+            keep = done < self.inline_steps and time.monotonic() < until
+            try:
+                new = self.store.commit_step(claim, owner, transition, keep_lease=keep)
+            except StaleVersion:
+                log.warning(
+                    "run %s: lease lost during step %s; result dropped", run_id, claim.run.step
+                )
+                return StepReport(run_id, "stale", claim.run.step)
+            self.publish(new)
+            if claim.holds and not transition.retry:
+                # Slots came back with this commit: the runs waiting longest get them now.
+                for woken in self.store.wake_resources(claim.holds):
+                    self.publish(woken)
+            if new.status != RUNNING:
+                return StepReport(run_id, "committed", claim.run.step, new.status, new.version)
+            claim = self.store.next_claim(claim, new, transition.state)
 
     def _execute(self, claim: Claim) -> Transition:
         run = claim.run

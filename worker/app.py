@@ -104,6 +104,7 @@ def build_runtime(settings: Settings, app: Celery) -> Runtime:
         secret=settings.secret_bytes(),
         public_url=settings.public_url,
         retention=settings.retention(),
+        inline_steps=settings.inline_steps,
     )
 
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, description="Worker losses before a step's run fails.")
     sweep_interval: float = Field(2.0, gt=0, description="Seconds between sweeper passes (beat).")
     concurrency: int = Field(2, ge=1, description="Worker processes per `pausepoint worker`.")
+    inline_steps: int = Field(
+        20,
+        ge=1,
+        description="Steps of one run a worker may run in a row when each next step is due "
+        "at once (1: every step goes through the broker).",
+    )
     broker_poll_interval: float = Field(
         0.05, gt=0, description="Seconds between polls of a SQLite broker."
     )

@@ -57,6 +57,8 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
                 pass
             assert time.monotonic() < deadline, "flower did not start"
             time.sleep(0.2)
+        # One task per step: without inline steps, each step is its own broker message.
+        cluster.env["PAUSEPOINT_INLINE_STEPS"] = "1"
         cluster.worker("w1")
         run = cluster.runtime.start("noop", agent="loan_processor", input={"steps": 3})
         cluster.wait_for([run.id], lambda r: r.status in FINISHED, "the run to finish")

@@ -381,3 +381,43 @@ def test_a_long_step_keeps_its_lease_while_it_runs(store: Store) -> None:
     assert store.get_run(run.id).result == "crunched"
     assert len(sweeps) >= 5 and not any(s.lease_expired for s in sweeps)
     assert "lease_expired" not in [e.kind for e in store.events(run.id)]
+
+
+def test_sequential_steps_run_inline_one_checkpoint_each(store: Store) -> None:
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), inline_steps=5
+    )
+    run = rt.start("noop", agent="loan_processor", input={"steps": 12, "message": "m"})
+    sent = 1
+    while published:
+        run_id, version = published.pop(0)
+        report = rt.run_step(run_id, version, owner="w")
+        assert report.outcome == "committed"
+        sent += len(published)
+    final = store.get_run(run.id)
+    assert final.status == COMPLETED and final.result == {"steps": 12}
+    # 12 steps in 3 messages: 5 + 5 + 2, each step still its own checkpoint.
+    assert sent == 3
+    assert [c.seq for c in store.checkpoints(run.id)] == list(range(13))
+    assert [m.content for m in store.history(run.id)] == [f"m #{i}" for i in range(1, 13)]
+    trail = store.events(run.id)
+    started = [e.data["key"] for e in trail if e.kind == "step_started"]
+    assert started == [f"{run.id}:{n}" for n in range(1, 13)]
+    assert sum(e.kind == "step_completed" for e in trail) == 12
+    assert store.verify(run.id) is None
+
+
+def test_inline_steps_stop_at_a_wait(store: Store) -> None:
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store, llm=ScriptedBackend(), publish=lambda r, v: published.append((r, v)), inline_steps=9
+    )
+    run = rt.start("loan", agent="loan_processor", task="Name: A, credit 780, income 99000")
+    rt.run_step(*published.pop(0), owner="w")
+    assert store.get_run(run.id).status == WAITING and published == []
+    rt.decide(run.id, approved=True, actor="bob")
+    rt.run_step(*published.pop(0), owner="w")
+    assert store.get_run(run.id).status == COMPLETED
+    with pytest.raises(InvalidInput):
+        Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: None, inline_steps=0)
