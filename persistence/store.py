@@ -475,7 +475,7 @@ class Store:
             events.append(NewEvent("step_started", {"step": t.step, "attempt": 0, "key": key}))
         wait_status, wait_outcome = PENDING, None
         with self.write() as conn:
-            if not t.retry:
+            if not t.retry and claim.holds:
                 # The step a slot was held for is over: give the slots back.
                 for name in self._release_holds(conn, run.id, below_seq=run.seq + 1):
                     events.append(NewEvent("resource_released", {"resource": name}))
