@@ -480,11 +480,7 @@ class Store:
                 for name in self._release_holds(conn, run.id, below_seq=run.seq + 1):
                     events.append(NewEvent("resource_released", {"resource": name}))
             if t.status == WAITING and t.wait is not None:
-                arrived = self._arrived(conn, run, t.wait, now)
-                if arrived is not None:
-                    wait_status, wait_outcome = FULFILLED, arrived[0]
-                    events.extend(arrived[1])
-                    changes.update(status=QUEUED, due_at=now, published_at=now)
+                wait_status, wait_outcome = self._open_wait(conn, run, t.wait, now, events, changes)
             new = self._apply(
                 conn,
                 run,
@@ -504,6 +500,24 @@ class Store:
             if wait_status == FULFILLED and t.wait is not None and t.wait.kind == RESOURCE:
                 self._hold(conn, t.wait.resource or "", run.id, new.seq, now)
             return new
+
+    def _open_wait(
+        self,
+        conn: Connection,
+        run: RunRecord,
+        wait: WaitSpec,
+        now: datetime,
+        events: list[NewEvent],
+        changes: dict[str, Any],
+    ) -> tuple[str, Any]:
+        """The status and outcome ``wait`` opens with. When something already fulfils
+        it, its events go to ``events`` and ``changes`` queue the run at once."""
+        arrived = self._arrived(conn, run, wait, now)
+        if arrived is None:
+            return PENDING, None
+        events.extend(arrived[1])
+        changes.update(status=QUEUED, due_at=now, published_at=now)
+        return FULFILLED, arrived[0]
 
     def _arrived(
         self, conn: Connection, run: RunRecord, wait: WaitSpec, now: datetime
@@ -982,11 +996,7 @@ class Store:
                     },
                 )
             )
-            arrived = self._arrived(conn, run, spec, now)
-            if arrived is not None:
-                wait_status, wait_outcome = FULFILLED, arrived[0]
-                events.extend(arrived[1])
-                changes.update(status=QUEUED, due_at=now, published_at=now)
+            wait_status, wait_outcome = self._open_wait(conn, run, spec, now, events, changes)
         new = self._apply(
             conn,
             run,
