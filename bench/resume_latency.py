@@ -7,11 +7,14 @@ beat on) and a real ``pausepoint api``, parks N ``payment`` runs (tests.workflow
 on a callback wait, then resumes them one at a time by POSTing to each run's
 callback URL. Per resume it records
 
-* **server**: ``step_started.created_at - callback_received.created_at``, both
-  written by the system itself: the API's transaction that fulfils the wait
-  (the request has reached the store) and the worker's claim of the run;
-* **e2e**: client clock, from sending the POST to seeing ``step_started`` in the
-  store (polled every ``--poll-ms``), so it includes HTTP and up to one poll.
+* **server**: the step's start - ``callback_received.created_at``, both written
+  by the system itself: the API's transaction that fulfils the wait (the request
+  has reached the store) and the worker's ``step_completed`` event, whose time
+  minus its ``duration_ms`` is when the step began, after the worker's claim of
+  the run committed (the claim writes no event of its own);
+* **e2e**: client clock, from sending the POST to seeing ``step_completed`` in
+  the store (polled every ``--poll-ms``) less the step's ``duration_ms``, so it
+  includes HTTP, the step's commit and up to one poll.
 
 Then, on the same broker with the Pausepoint processes stopped, a bare Celery
 worker (``bench.celery_app``, configured like Pausepoint's) runs a no-op task N
@@ -35,7 +38,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,7 @@ WORKFLOWS = "tasks.examples,tests.workflows"
 AGENT = "bench_agent"
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"redis": {"p50": 10.0, "p99": 50.0}}
-MARK_KINDS = ("callback_received", "step_started", "completed", "failed")
+MARK_KINDS = ("callback_received", "step_completed", "completed", "failed")
 PACKAGES = (
     "pausepoint",
     "celery",
@@ -229,15 +232,21 @@ class StorePoller:
         self.conn = self.engine.connect()
         self._events, self._runs = events, runs
 
-    def marks(self, run_id: str) -> list[tuple[int, str, datetime]]:
+    def marks(self, run_id: str) -> list[tuple[int, str, datetime, float]]:
+        """(n, kind, time, seconds) of the events that mark a resume: a step's time is its
+        start, and seconds its duration, by which its event comes later (else 0)."""
         e = self._events
         rows = self.conn.execute(
-            select(e.c.n, e.c.kind, e.c.created_at)
+            select(e.c.n, e.c.kind, e.c.created_at, e.c.data)
             .where(e.c.run_id == run_id, e.c.kind.in_(MARK_KINDS))
             .order_by(e.c.n)
         ).all()
         self.conn.rollback()  # end the read, so the next poll sees newer commits
-        return [(int(r[0]), str(r[1]), r[2]) for r in rows]
+        marks = []
+        for n, kind, at, data in rows:
+            took = float(data["duration_ms"]) / 1000 if kind == "step_completed" else 0.0
+            marks.append((int(n), str(kind), at - timedelta(seconds=took), took))
+        return marks
 
     def status_counts(self) -> dict[str, int]:
         r = self._runs
@@ -358,8 +367,8 @@ def measure_pausepoint(
         "post_to_callback_received": summary(col("ingress_ms")),
         "post_round_trip": summary(col("http_ms")),
         "callback_received_to_response": summary(col("cb_to_response_ms")),
-        "step_started_to_observed": summary(col("observe_lag_ms")),
-        "step_started_to_completed": summary(col("step_ms")),
+        "step_start_to_observed": summary(col("observe_lag_ms")),
+        "step_start_to_completed": summary(col("step_ms")),
     }
     if hops is not None:
         breakdown.update(hops)
@@ -383,7 +392,7 @@ def _pausepoint_hops(tap: EventTap, samples: list[dict[str, Any]]) -> dict[str, 
         "api: callback_received -> task-sent (rest of txn, commit, publish)": [],
         "broker: task-sent -> task-received (worker main)": [],
         "pool: task-received -> task-started (child took it)": [],
-        "claim: task-started -> step_started (claim txn: checkout, SELECT run)": [],
+        "claim: task-started -> step start (claim txn)": [],
     }
     names = list(hops)
     matched = 0
@@ -423,7 +432,7 @@ def _resume_one(
         marks = poller.marks(run_id)
         received = [m for m in marks if m[1] == "callback_received"]
         after = received[0][0] if received else None
-        started = [m for m in marks if m[1] == "step_started" and after and m[0] > after]
+        started = [m for m in marks if m[1] == "step_completed" and after and m[0] > after]
         if started and observed is None:
             observed = time.time()
         if any(m[1] == "failed" for m in marks):
@@ -437,6 +446,8 @@ def _resume_one(
         observed = time.time()
     cb_at = received[0][2].timestamp()
     started_at = started[0][2].timestamp()
+    # Seen when it committed: the client saw the start only the step's duration later.
+    observed -= started[0][3]
     completed_at = next(m[2] for m in marks if m[1] == "completed").timestamp()
     return {
         "run_id": run_id,
@@ -626,8 +637,8 @@ def render(results: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if left else "right")
     for name, r in results["backends"].items():
         rows = [
-            ("pausepoint server: callback_received -> step_started", r["pausepoint"]["server_ms"]),
-            ("pausepoint e2e: POST sent -> step_started seen", r["pausepoint"]["e2e_ms"]),
+            ("pausepoint server: callback_received -> step start", r["pausepoint"]["server_ms"]),
+            ("pausepoint e2e: POST sent -> step start seen", r["pausepoint"]["e2e_ms"]),
             ("celery baseline: apply_async -> task start", r["baseline"]["celery_ms"]),
             ("celery baseline e2e: apply_async -> start seen", r["baseline"]["e2e_ms"]),
         ]
@@ -838,8 +849,9 @@ def suite(repeats: int = 3, *, quick: bool = False, out_dir: Path = RESULTS) -> 
             f"{repeats} repetitions x {per_rep} resumes per backend (+5 warm-up each), one at "
             f"a time with a random 0-{gap_ms:.0f} ms pause before each; each repetition on "
             "fresh processes and a fresh store.",
-            "pausepoint = step_started.created_at - callback_received.created_at (both "
-            "written by the system: the webhook's transaction, the worker's claim); baseline "
+            "pausepoint = the step's start (its step_completed event's time less its "
+            "duration_ms: after the claim committed) - callback_received.created_at (both "
+            "written by the system: the webhook's transaction, the worker's step); baseline "
             "= a no-op task's start - its apply_async, on a bare Celery worker configured "
             "alike (bench/celery_app.py).",
             "embedded: the SQLite broker is polled every "

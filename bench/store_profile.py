@@ -7,7 +7,7 @@ process, with a ``publish`` that only records. N ``payment`` runs are parked
 in-process, then for each one
 
 * ``deliver_callback`` (what ``POST /callbacks/{token}`` runs in the API), and
-* ``claim`` (what a worker runs first in ``run_step``; it writes ``step_started``)
+* ``claim`` (what a worker runs first in ``run_step``: it takes the lease)
 
 are timed, with every SQL statement and the COMMIT timed through SQLAlchemy's
 engine events. "COMMIT" runs from the commit to the end of the ``with`` block, so

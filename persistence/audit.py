@@ -97,7 +97,14 @@ def verify_chain(
             return Finding(run_id, i, f"belongs to run {e.run_id}")
         digest = event_hash(e.prev_hash, e.run_id, e.n, e.kind, e.actor, e.data, e.created_at)
         if digest != e.hash:
-            return Finding(run_id, i, f"({e.kind}) does not match its hash: it was edited or moved")
+            # The hash covers the previous event's hash too: a forger who re-hashed
+            # event i - 1 after editing it breaks event i.
+            return Finding(
+                run_id,
+                i,
+                f"({e.kind}) does not match its hash: it, or the event before it, "
+                "was edited or moved",
+            )
         if e.prev_hash != prev:
             return Finding(
                 run_id,

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from sqlalchemy import Connection, and_, or_, select
 
+from persistence.audit import GENESIS
 from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
 from persistence.records import (
     PENDING,
@@ -180,7 +181,14 @@ def list_events(conn: Connection, run_id: str) -> list[Event]:
     rows = conn.execute(
         select(events).where(events.c.run_id == run_id).order_by(events.c.n)
     ).mappings()
-    return [Event.from_row(r) for r in rows]
+    trail: list[Event] = []
+    prev = GENESIS
+    for r in rows:
+        # The stored hash is 32 raw bytes; the one before it is the previous row's.
+        digest = bytes(r["hash"]).hex()
+        trail.append(Event.from_row({**r, "hash": digest, "prev_hash": prev}))
+        prev = digest
+    return trail
 
 
 def list_waits(

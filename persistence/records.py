@@ -6,11 +6,10 @@ boundary between ``persistence`` and the layers above it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import RowMapping
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -46,7 +45,7 @@ class Row:
     """Builds a record dataclass from a result row with the same column names."""
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> Self:
+    def from_row(cls, row: Mapping[Any, Any]) -> Self:
         fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
         return cls(**{f: row[f] for f in fields})
 

@@ -368,14 +368,6 @@ class Store:
                     select(resource_holders.c.resource).where(resource_holders.c.run_id == run.id)
                 ).scalars()
             )
-            started = NewEvent(
-                "step_started",
-                {
-                    "step": run.step,
-                    "attempt": run.attempt,
-                    "key": f"{run.id}:{run.seq + 1}",
-                },
-            )
             try:
                 claimed = self._apply(
                     conn,
@@ -388,7 +380,6 @@ class Store:
                         "lease_owner": owner,
                         "lease_expires_at": now + timedelta(seconds=self.lease_seconds),
                     },
-                    events=[started],
                 )
             except StaleVersion:
                 return None
@@ -431,8 +422,8 @@ class Store:
         """Commit one step's result atomically; raise StaleVersion if the lease was lost.
 
         ``keep_lease``: when the next step is due now, the same transaction also claims it
-        for ``owner`` (status stays ``running``, a ``step_started`` event is written), so
-        the worker runs it at once without a broker round trip: see :meth:`next_claim`.
+        for ``owner`` (status stays ``running``), so the worker runs it at once without a
+        broker round trip: see :meth:`next_claim`.
         """
         t = transition
         now = self.clock()
@@ -470,9 +461,6 @@ class Store:
         # A retry keeps the state of the checkpoint it retries: no new checkpoint.
         state = None if t.retry else ensure_json(t.state, "step state")
         events = list(t.events)
-        if chained:
-            key = f"{run.id}:{run.seq + 2}"
-            events.append(NewEvent("step_started", {"step": t.step, "attempt": 0, "key": key}))
         wait_status, wait_outcome = PENDING, None
         with self.write() as conn:
             if not t.retry and claim.holds:
@@ -1853,8 +1841,7 @@ def _chain(
                 "actor": actor,
                 "data": data,
                 "created_at": now,
-                "prev_hash": head,
-                "hash": digest,
+                "hash": bytes.fromhex(digest),
             }
         )
         head = digest

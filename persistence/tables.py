@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -45,6 +46,8 @@ metadata = MetaData(
 
 # JSONB on Postgres (smaller, comparable), plain JSON text on SQLite.
 Json = JSON().with_variant(JSONB(), "postgresql")
+# For columns that are often empty: Python None is SQL NULL, not the JSON text 'null'.
+OptionalJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -116,7 +119,7 @@ runs = Table(
     Column("message_count", Integer, nullable=False, default=0),
     # The latest checkpoint's conversation as physical [start, stop) ranges of messages.idx,
     # or NULL when it is simply messages[0:history_len] (no rollback ever cut it).
-    Column("segments", Json, nullable=True),
+    Column("segments", OptionalJson, nullable=True),
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires_at", Timestamp, nullable=True),
     # A queued run should have a message in flight from due_at on; published_at is
@@ -124,7 +127,7 @@ runs = Table(
     # the run row is its own outbox.
     Column("due_at", Timestamp, nullable=True),
     Column("published_at", Timestamp, nullable=True),
-    Column("result", Json, nullable=True),
+    Column("result", OptionalJson, nullable=True),
     Column("error", Text, nullable=True),
     Column("idempotency_key", String(200), nullable=True, unique=True),
     Column("parent_run_id", String(32), nullable=True),
@@ -142,13 +145,42 @@ runs = Table(
     Column("purged_at", Timestamp, nullable=True),
     Column("purge_state", String(10), nullable=True),
 )
-Index("ix_runs_status_due_at", runs.c.status, runs.c.due_at)
-Index("ix_runs_status_lease_expires_at", runs.c.status, runs.c.lease_expires_at)
+
+
+def partial(table: Table, name: str, *columns: str, present: str) -> Index:
+    """An index over only the rows whose ``present`` column is set (on both backends).
+
+    The sweeper's and retention's queries compare that column (``due_at <= now``,
+    ``finished_at < cutoff``...), which implies it is not NULL, so both planners use
+    the index; the many rows where it is NULL (a parked run has no due time, lease,
+    finish or parent) cost it nothing. See bench/README.md, parked runs.
+    """
+    where = table.c[present].isnot(None)
+    return Index(
+        name,
+        *(table.c[c] for c in columns),
+        sqlite_where=where,
+        postgresql_where=where,
+    )
+
+
+partial(runs, "ix_runs_status_due_at", "status", "due_at", present="due_at")
+partial(
+    runs,
+    "ix_runs_status_lease_expires_at",
+    "status",
+    "lease_expires_at",
+    present="lease_expires_at",
+)
 Index("ix_runs_agent_name_created_at", runs.c.agent_name, runs.c.created_at)
-Index("ix_runs_status_updated_at", runs.c.status, runs.c.updated_at)
-Index("ix_runs_finished_at", runs.c.finished_at)
-Index("ix_runs_purge_state_finished_at", runs.c.purge_state, runs.c.finished_at)
-Index("ix_runs_parent_run_id", runs.c.parent_run_id)
+# GET /runs?status=... lists newest first. created_at never changes, so a step that
+# keeps its status (an inline step) leaves every index alone: a HOT update on Postgres.
+Index("ix_runs_status_created_at", runs.c.status, runs.c.created_at)
+partial(runs, "ix_runs_finished_at", "finished_at", present="finished_at")
+partial(
+    runs, "ix_runs_purge_state_finished_at", "purge_state", "finished_at", present="purge_state"
+)
+partial(runs, "ix_runs_parent_run_id", "parent_run_id", present="parent_run_id")
 
 checkpoints = Table(
     "checkpoints",
@@ -160,7 +192,7 @@ checkpoints = Table(
     # The conversation as of this checkpoint: history_len messages, which are
     # messages[0:history_len] unless `segments` lists their physical ranges.
     Column("history_len", Integer, nullable=False),
-    Column("segments", Json, nullable=True),
+    Column("segments", OptionalJson, nullable=True),
     Column("created_at", Timestamp, nullable=False),
 )
 
@@ -173,6 +205,9 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("seq", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # SQLite: the rows live in the primary key's B-tree, so (run_id, idx) is not
+    # stored a second time in a separate index.
+    sqlite_with_rowid=False,
 )
 
 events = Table(
@@ -184,8 +219,10 @@ events = Table(
     Column("actor", String(200), nullable=False),
     Column("data", Json, nullable=False),
     Column("created_at", Timestamp, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    # SHA-256 over the previous event's hash and this event (persistence/audit.py), as
+    # 32 raw bytes. The previous hash is not stored again: it is the row before's.
+    Column("hash", LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
 )
 # No index on created_at: nothing reads events across runs by time, and a parked run
 # would pay for it in every one of its events (bench/README.md, parked runs).
@@ -208,7 +245,7 @@ waits = Table(
     Column("deadline", Timestamp, nullable=True),
     # fail | default | escalate
     Column("on_timeout", String(20), nullable=False, default="fail"),
-    Column("default_outcome", Json, nullable=True),
+    Column("default_outcome", OptionalJson, nullable=True),
     # approval: at the deadline, hand the decision to this group for escalate_after more seconds.
     Column("escalate_to", String(200), nullable=True),
     Column("escalate_after", Float, nullable=True),
@@ -220,16 +257,23 @@ waits = Table(
     # resource: the named capacity the run waits for.
     Column("resource", String(200), nullable=True),
     Column("token_hash", String(64), nullable=True, unique=True),
-    Column("outcome", Json, nullable=True),
+    Column("outcome", OptionalJson, nullable=True),
     Column("decided_by", String(200), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("decided_at", Timestamp, nullable=True),
     UniqueConstraint("run_id", "seq", "kind"),
 )
-Index("ix_waits_status_deadline", waits.c.status, waits.c.deadline)
-Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
-Index("ix_waits_event_name_match_key_status", waits.c.event_name, waits.c.match_key, waits.c.status)
-Index("ix_waits_resource_status_id", waits.c.resource, waits.c.status, waits.c.id)
+# A run's waits are found through uq_waits_run_id_seq_kind (run_id leads it).
+partial(waits, "ix_waits_status_deadline", "status", "deadline", present="deadline")
+partial(
+    waits,
+    "ix_waits_event_name_match_key_status",
+    "event_name",
+    "match_key",
+    "status",
+    present="event_name",
+)
+partial(waits, "ix_waits_resource_status_id", "resource", "status", "id", present="resource")
 
 # Named capacities (an LLM quota, a GPU pool): in_use never exceeds capacity, because
 # a slot is taken only by `UPDATE ... SET in_use = in_use + 1 WHERE in_use < capacity`.

@@ -513,16 +513,19 @@ def _transition(
 def _with_completion_event(t: Transition, claim: Claim, duration_ms: float) -> Transition:
     if t.retry:
         return t
-    done = NewEvent(
-        "step_completed",
-        {
-            "step": claim.run.step,
-            "key": claim.idempotency_key,
-            "duration_ms": duration_ms,
-            "messages": len(t.messages),
-            "next": t.step if t.status == QUEUED else t.status,
-        },
+    # One event per step, written with its commit: the claim writes none (a worker that
+    # dies mid-step leaves a ``lease_expired`` event naming it instead). The step
+    # started ``duration_ms`` before this event's time; it made checkpoint ``seq``,
+    # and its idempotency key is ``<run_id>:<seq>``. ``attempt`` only when a retry.
+    info: dict[str, Any] = {"step": claim.run.step, "seq": claim.run.seq + 1}
+    if claim.run.attempt:
+        info["attempt"] = claim.run.attempt
+    info.update(
+        duration_ms=duration_ms,
+        messages=len(t.messages),
+        next=t.step if t.status == QUEUED else t.status,
     )
+    done = NewEvent("step_completed", info)
     return replace(t, events=(done, *t.events))
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 
 from persistence.engine import make_engine
 from persistence.migrate import current_revision, head_revision, upgrade
+from persistence.store import Store
 from persistence.tables import metadata
 
 
@@ -34,3 +35,36 @@ def test_upgrade_is_idempotent(store_url: str) -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_0005_keeps_the_audit_trail_across_the_hash_format_change(store_url: str) -> None:
+    """Down to 0004 (hex hashes with prev_hash) and up again: same trail, still verifies."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from persistence.migrate import alembic_config
+    from tests.chain import Driver
+
+    store = Store.from_url(store_url)
+    try:
+        store.save_agent("agent", persona="tester")
+        d = Driver(store)
+        run_id = d.start()
+        d.approve(run_id)
+        trail = [(e.n, e.prev_hash, e.hash) for e in store.events(run_id)]
+        assert len(trail) > 5 and store.verify(run_id) is None
+        with store.engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0004")
+        with store.engine.connect() as conn:
+            old = conn.execute(
+                text("SELECT n, prev_hash, hash FROM events WHERE run_id = :r ORDER BY n"),
+                {"r": run_id},
+            ).all()
+        assert [tuple(r) for r in old] == trail
+        store.engine.dispose()
+        assert upgrade(store.engine) == head_revision()
+        assert [(e.n, e.prev_hash, e.hash) for e in store.events(run_id)] == trail
+        assert store.verify(run_id) is None
+        d.approve(d.start())  # and the store still works
+    finally:
+        store.close()
