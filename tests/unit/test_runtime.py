@@ -418,3 +418,33 @@ def test_inline_steps_stop_at_a_wait(store: Store) -> None:
     assert store.get_run(run.id).status == COMPLETED
     with pytest.raises(InvalidInput):
         Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: None, inline_steps=0)
+
+
+def test_chained_steps_move_the_lease_only_when_half_of_it_is_used(store: Store) -> None:
+    """An inline step keeps the run's lease (no indexed column changes: a HOT update on
+    Postgres) until less than half of it is left; then its commit renews it."""
+    reg = Registry()
+    wf = Workflow("ticking", registry=reg)
+    start = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = [start]
+    store.clock = lambda: now[0]
+    store.lease_seconds = 100.0
+    seen: list[tuple[float, float]] = []  # (seconds since start, lease left) in each step
+
+    @wf.step(start=True)
+    def tick(ctx: StepContext) -> Outcome:
+        lease = store.get_run(ctx.run_id).lease_expires_at
+        assert lease is not None
+        seen.append(((now[0] - start).total_seconds(), (lease - now[0]).total_seconds()))
+        now[0] += timedelta(seconds=30)
+        return Next("tick") if len(seen) < 6 else End("done")
+
+    rt, published = runtime_for(store, reg)
+    rt.inline_steps = 10
+    rt.inline_seconds = 60.0
+    rt.start("ticking", agent="loan_processor")
+    rt.run_step(*published.pop(0), owner="w")
+    # Claimed at 0 (lease to 100); at 30 and 60 a step commits with 70 and 40 left:
+    # kept, then renewed to 60 + 100; at 90 (70 left) kept; at 120 (40 left) renewed.
+    assert seen == [(0, 100), (30, 70), (60, 100), (90, 70), (120, 100), (150, 70)]
+    assert all(left > 0 for _, left in seen)
