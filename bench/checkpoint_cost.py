@@ -14,10 +14,13 @@ matters for PostgresSaver, whose blobs Postgres compresses.
 Pausepoint: the workflow ``grow`` below, one step ``talk`` that reads the last
 five messages (``ctx.history.tail(5)``, as an agent building a prompt would),
 says one message and returns ``Next("talk")``. It runs in this process through
-the product's own path, with no broker: ``Runtime.run_step`` claims the run,
-runs the step and commits it (two store transactions, plus one read of the
-tail), and its ``publish`` appends to a list that the benchmark pops. So the
-figures are the store's cost of a step, not a broker's.
+the product's own path, with no broker, as a worker with the default settings
+runs sequential steps: ``Runtime.run_step`` claims the run and runs a chain of
+up to ``PAUSEPOINT_INLINE_STEPS`` (20) steps, each committed in its own
+transaction (its message, checkpoint and event, and the lease on the next step),
+plus one read of the tail per step; at the end of a chain its ``publish``
+appends to a list that the benchmark pops. So the figures are the store's cost
+of a step, not a broker's.
 
 LangGraph (:mod:`bench.checkpoint_langgraph`): a one-node graph whose node
 returns one ``AIMessage`` with the same text, one ``invoke`` per step, with
@@ -88,11 +91,14 @@ from tasks.context import StepContext
 from tasks.llm import ScriptedBackend
 from tasks.runtime import Runtime
 from tasks.workflow import Next, Outcome, Registry, Workflow
+from worker.settings import Settings
 
 PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE_CHARS = 200
 TAIL = 5
+# Steps a worker runs in one chain by default (PAUSEPOINT_INLINE_STEPS).
+INLINE = int(Settings.model_fields["inline_steps"].default)
 MiB = 1024 * 1024
 
 # The issue's targets.
@@ -271,7 +277,7 @@ class Subject(Protocol):
     # True inside a measured window.
     timed: bool
 
-    def step(self) -> None: ...
+    def steps(self, n: int) -> None: ...
 
     def messages(self) -> int: ...
 
@@ -293,14 +299,22 @@ class PausepointSubject:
             llm=ScriptedBackend(),
             publish=lambda run_id, version: self.queue.append((run_id, version)),
             workflows=grow_workflow(lambda: read and self.timed),
+            # A chain stops at INLINE steps, never on time, so steps(n) does exactly n.
+            inline_seconds=3600.0,
         )
         self.run_id = self.rt.start("grow", agent="bench", actor="bench").id
 
-    def step(self) -> None:
-        run_id, version = self.queue.pop()
-        report = self.rt.run_step(run_id, version, owner="bench")
-        if report.outcome != "committed" or len(self.queue) != 1:
-            raise RuntimeError(f"step of run {run_id} v{version} did not go on: {report}")
+    def steps(self, n: int) -> None:
+        """``n`` steps, as a worker with the default settings runs them: chains of up to
+        ``INLINE`` steps, each chain one claim and then one commit per step."""
+        while n > 0:
+            chain = min(INLINE, n)
+            self.rt.inline_steps = chain
+            run_id, version = self.queue.pop()
+            report = self.rt.run_step(run_id, version, owner="bench")
+            if report.outcome != "committed" or len(self.queue) != 1:
+                raise RuntimeError(f"step of run {run_id} v{version} did not go on: {report}")
+            n -= chain
 
     def messages(self) -> int:
         """The conversation read back from the store (checked against what was said)."""
@@ -368,9 +382,8 @@ def grow(
     for level in levels:
         if done > level:
             raise ValueError(f"the windows before {level} run past it ({done} steps)")
-        while done < level:
-            subject.step()
-            done += 1
+        subject.steps(level - done)
+        done = level
         before = subject.meter.size()
         g.size_at[level] = before
         g.tables_at[level] = subject.meter.tables()
@@ -379,8 +392,7 @@ def grow(
         for _ in range(count):
             subject.timed = True
             t0 = time.perf_counter()
-            for _ in range(steps):
-                subject.step()
+            subject.steps(steps)
             elapsed = time.perf_counter() - t0
             subject.timed = False
             done += steps
@@ -606,7 +618,8 @@ def _targets(plan: Plan, result: Result, series: Sequence[Series]) -> list[Targe
             targets.append(
                 Target(
                     f"{s.name}: {what} at {top:,} messages / at {first:,}",
-                    hi / lo,
+                    # A store grows by whole pages: a short window (--quick) may add none.
+                    hi / lo if lo else (1.0 if not hi else float("inf")),
                     limit,
                     "max",
                     note=f"medians {', '.join(f'{v:.4g}' for v in levels)} {unit} at "
@@ -661,7 +674,8 @@ def _notes(plan: Plan, repeats: int, quick: bool, skipped: list[str]) -> list[st
         + "). Pausepoint: "
         "workflow `grow` (bench/checkpoint_cost.py), one step that reads "
         f"`ctx.history.tail({TAIL})`, says one message and returns Next to "
-        "itself, driven in-process by Runtime.run_step (claim, step, commit; no broker). "
+        "itself, driven in-process by Runtime.run_step as a worker runs it by default "
+        f"(chains of {INLINE} inline steps: one claim, then one commit per step; no broker). "
         f"LangGraph: one node that reads the last {TAIL} messages and returns one "
         "AIMessage, one `invoke({})` per step (durability 'async', the default), "
         "SqliteSaver / PostgresSaver, the state's `messages` annotated with `add_messages` "
@@ -763,15 +777,13 @@ def profile(store: str, at: int, window: int, *, read: bool = True) -> None:
     with pausepoint_subject(store, read=read) as subject:
         done = 0
         for level in (10, at):
-            while done < level:
-                subject.step()
-                done += 1
+            subject.steps(level - done)
+            done = level
             profiler = Profiler(interval=0.0005)
             subject.timed = True
             t0 = time.perf_counter()
             with profiler:
-                for _ in range(window):
-                    subject.step()
+                subject.steps(window)
             ms = (time.perf_counter() - t0) * 1000 / window
             subject.timed = False
             done += window

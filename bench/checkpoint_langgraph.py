@@ -77,11 +77,13 @@ class LangGraphSubject:
         self.timed = False  # the node reads the same in and out of windows
         self._last = 0
 
-    def step(self) -> None:
-        out = self.app.invoke({}, self.config)
-        if len(out["messages"]) != self._last + 1:
-            raise AssertionError(f"{len(out['messages'])} messages after {self._last + 1} steps")
-        self._last += 1
+    def steps(self, n: int) -> None:
+        """``n`` steps: one ``invoke`` each."""
+        for _ in range(n):
+            out = self.app.invoke({}, self.config)
+            if len(out["messages"]) != self._last + 1:
+                raise AssertionError(f"{len(out['messages'])} messages after {self._last + 1}")
+            self._last += 1
 
     def messages(self) -> int:
         """Read back from the saver (for DeltaChannel: snapshot plus replayed writes)."""

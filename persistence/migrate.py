@@ -41,10 +41,20 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the schema to ``revision``; a no-op (one cheap query) when already there."""
-    if revision == "head" and current_revision(engine) == head_revision():
-        return head_revision()
+    start = current_revision(engine)
+    if revision == "head" and start == head_revision():
+        return start
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        fresh = MigrationContext.configure(conn).get_current_revision() is None
         command.upgrade(alembic_config(conn), revision)
+    if fresh and engine.dialect.name == "sqlite":
+        # The revisions rebuild tables (0005), which leaves a new file with free pages;
+        # a new store starts compact. Nothing else can be using a store this new.
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("VACUUM")
+        finally:
+            raw.close()
     return current_revision(engine)
