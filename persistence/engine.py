@@ -9,17 +9,20 @@ never both read a version and then deadlock upgrading to a write lock.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from persistence.errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled Postgres connection idle longer than this is pinged before it is used.
+IDLE_PING_SECONDS = 5.0
 # Connection execution option: begin the transaction as a reader (plain BEGIN).
 READ_ONLY = "pausepoint_read_only"
 
@@ -52,13 +55,43 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             raise ConfigurationError(
                 "the Postgres store needs psycopg 3: pip install 'pausepoint[postgres]'"
             ) from None
-        kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 5)
         kwargs.setdefault("max_overflow", 5)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            _ping_when_idle(engine)
+        return engine
     raise ConfigurationError(
         f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
     )
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only if it sat idle for IDLE_PING_SECONDS.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per transaction, three per
+    step (bench/README.md). A connection in steady use was alive a moment ago; one that
+    sat idle may have been cut (a server restart, a proxy's idle timeout), so it is
+    pinged, and a dead one is replaced before anyone uses it (SQLAlchemy's "custom
+    pessimistic ping" recipe). A connection that dies mid-use still fails its statement,
+    and the pool then drops all of its connections of that age.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("idle connection is gone")
 
 
 # SQLite engines of this process. After a fork (Celery's prefork pool) the child must not

@@ -448,3 +448,38 @@ def test_chained_steps_move_the_lease_only_when_half_of_it_is_used(store: Store)
     # kept, then renewed to 60 + 100; at 90 (70 left) kept; at 120 (40 left) renewed.
     assert seen == [(0, 100), (30, 70), (60, 100), (90, 70), (120, 100), (150, 70)]
     assert all(left > 0 for _, left in seen)
+
+
+def test_one_heartbeat_thread_renews_every_running_step_until_it_ends() -> None:
+    import threading
+    import time as _time
+    from types import SimpleNamespace
+
+    from persistence.errors import StaleVersion
+    from tasks.runtime import _heartbeats
+
+    calls: list[str] = []
+
+    class Stub:
+        lease_seconds = 0.3  # a beat every 0.1 s
+
+        def renew_lease(self, claim: Any, owner: str) -> None:
+            calls.append(claim.run.id)
+            if claim.run.id == "lost":
+                raise StaleVersion("lost", 1)
+
+    def claim(run_id: str) -> Any:
+        return SimpleNamespace(run=SimpleNamespace(id=run_id))
+
+    store: Any = Stub()
+    before = {t.name for t in threading.enumerate()}
+    with _heartbeats.beating(store, claim("a"), "w"), _heartbeats.beating(store, claim("b"), "w"):
+        with _heartbeats.beating(store, claim("lost"), "w"):
+            _time.sleep(0.45)
+    ended = len(calls)
+    _time.sleep(0.25)
+    assert len(calls) == ended, "a step that ended is not renewed any more"
+    assert calls.count("a") >= 3 and calls.count("b") >= 3
+    assert calls.count("lost") == 1, "a lease taken over is not renewed again"
+    threads = [t for t in threading.enumerate() if t.name == "pausepoint-lease"]
+    assert len(threads) <= 1 and ("pausepoint-lease" in before or len(threads) == 1)
