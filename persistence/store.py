@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import JSON, Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from persistence import queries
@@ -464,8 +464,24 @@ class Store:
         state = None if t.retry else ensure_json(t.state, "step state")
         events = list(t.events)
         wait_status, wait_outcome = PENDING, None
+        releases = not t.retry and bool(claim.holds)
+        if self.engine.dialect.name == "postgresql" and not releases and t.status != WAITING:
+            # The common step (go on, end, fail): one statement, one round trip.
+            return self._apply(
+                None,
+                run,
+                now=now,
+                actor=owner,
+                expect_status=(RUNNING,),
+                expect_owner=owner,
+                changes=changes,
+                messages=t.messages,
+                state=state,
+                checkpoint_step=None if t.status in (COMPLETED, FAILED) else changes["step"],
+                events=events,
+            )
         with self.write() as conn:
-            if not t.retry and claim.holds:
+            if releases:
                 # The step a slot was held for is over: give the slots back.
                 for name in self._release_holds(conn, run.id, below_seq=run.seq + 1):
                     events.append(NewEvent("resource_released", {"resource": name}))
@@ -1496,7 +1512,7 @@ class Store:
 
     def _apply(
         self,
-        conn: Connection,
+        conn: Connection | None,
         run: RunRecord,
         *,
         now: datetime,
@@ -1518,6 +1534,10 @@ class Store:
         ``reset_to`` (a rollback): the new checkpoint's conversation is that checkpoint's,
         instead of the run's latest one. The CAS UPDATE comes first, so nothing is
         appended unless it matched.
+
+        ``conn`` None (Postgres only, no wait): the whole transition is ONE statement in
+        autocommit, its appends in data-modifying CTEs that read the UPDATE's RETURNING,
+        so they insert nothing when the CAS did not match (see :func:`_one_statement`).
         """
         values = dict(changes)
         values["version"] = run.version + 1
@@ -1543,6 +1563,33 @@ class Store:
         values["event_count"] = count
         values["event_hash"] = head
 
+        if conn is None:
+            if wait is not None:
+                raise ValueError("a transition that opens a wait needs a transaction")
+            sql, params = _one_statement(
+                run,
+                values,
+                expect_status,
+                expect_owner,
+                [(first_idx + i, m) for i, m in enumerate(messages)],
+                seq,
+                None
+                if state is None
+                else {
+                    "step": checkpoint_step,
+                    "state": state,
+                    "history_len": values["history_len"],
+                    "segments": values["segments"],
+                },
+                event_rows,
+                now,
+            )
+            with self.engine.connect() as auto:
+                auto = auto.execution_options(isolation_level="AUTOCOMMIT")
+                if int(auto.exec_driver_sql(sql, params).scalar_one()) != 1:
+                    now_at = auto.execute(select(runs.c.version).where(runs.c.id == run.id))
+                    raise StaleVersion(run.id, run.version, now_at.scalar())
+            return replace(run, **values)
         stmt = update(runs).where(runs.c.id == run.id, runs.c.version == run.version)
         if expect_status is not None:
             stmt = stmt.where(runs.c.status.in_(list(expect_status)))
@@ -1818,6 +1865,109 @@ def _event_outcome(
 
 def _resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:
     return {"status": QUEUED, "step": wait.resume_step, "due_at": now, "published_at": now}
+
+
+# Columns of runs whose values go to Postgres as JSON text (jsonb).
+_RUN_JSON = frozenset(c.name for c in runs.columns if isinstance(c.type, JSON))
+_ONE_STATEMENT_SQL: dict[tuple[Any, ...], str] = {}
+
+
+def _one_statement(
+    run: RunRecord,
+    values: dict[str, Any],
+    expect_status: Sequence[str] | None,
+    expect_owner: str | None,
+    new_messages: Sequence[tuple[int, NewMessage]],
+    seq: int,
+    checkpoint: dict[str, Any] | None,
+    event_rows: Sequence[dict[str, Any]],
+    now: datetime,
+) -> tuple[str, dict[str, Any]]:
+    """A transition as one Postgres statement: one round trip instead of six.
+
+        WITH u AS (UPDATE runs SET ... WHERE id = .. AND version = .. RETURNING id),
+             m AS (INSERT INTO messages SELECT u.id, x.* FROM u, unnest(arrays) x),
+             c AS (INSERT INTO checkpoints SELECT u.id, ... FROM u),
+             e AS (INSERT INTO events SELECT u.id, x.* FROM u, unnest(arrays) x)
+        SELECT count(*) FROM u
+
+    Every append selects FROM u, so when the CAS matches no row nothing is appended
+    and the count is 0; one statement is atomic, so either all of it happens or none.
+    The rows go as arrays, so the SQL depends only on which run columns change and on
+    which appends there are: it is built once per shape (and psycopg prepares it).
+    """
+    columns = tuple(sorted(values))
+    shape = (
+        columns,
+        expect_status is not None,
+        expect_owner is not None,
+        bool(new_messages),
+        checkpoint is not None,
+        bool(event_rows),
+    )
+    sql = _ONE_STATEMENT_SQL.get(shape)
+    if sql is None:
+        sets = ", ".join(f"{c} = %(u_{c})s" for c in columns)
+        where = "id = %(id)s AND version = %(version)s"
+        if expect_status is not None:
+            where += " AND status = ANY(%(status)s)"
+        if expect_owner is not None:
+            where += " AND lease_owner = %(owner)s"
+        ctes = [f"u AS (UPDATE runs SET {sets} WHERE {where} RETURNING id)"]
+        if new_messages:
+            ctes.append(
+                "m AS (INSERT INTO messages (run_id, idx, role, content, seq, created_at) "
+                "SELECT u.id, x.idx, x.role, x.content, %(seq)s, %(now)s FROM u, "
+                "unnest(%(m_idx)s::int[], %(m_role)s::text[], %(m_content)s::text[]) "
+                "AS x(idx, role, content))"
+            )
+        if checkpoint is not None:
+            ctes.append(
+                "c AS (INSERT INTO checkpoints "
+                "(run_id, seq, step, state, history_len, segments, created_at) "
+                "SELECT u.id, %(seq)s, %(c_step)s, %(c_state)s::jsonb, %(c_len)s, "
+                "%(c_segments)s::jsonb, %(now)s FROM u)"
+            )
+        if event_rows:
+            ctes.append(
+                "e AS (INSERT INTO events (run_id, n, kind, actor, data, hash, created_at) "
+                "SELECT u.id, x.n, x.kind, x.actor, x.data, x.hash, %(now)s FROM u, "
+                "unnest(%(e_n)s::int[], %(e_kind)s::text[], %(e_actor)s::text[], "
+                "%(e_data)s::jsonb[], %(e_hash)s::bytea[]) AS x(n, kind, actor, data, hash))"
+            )
+        sql = "WITH " + ", ".join(ctes) + " SELECT count(*) FROM u"
+        _ONE_STATEMENT_SQL[shape] = sql
+
+    def bind(column: str, value: Any) -> Any:
+        if column in _RUN_JSON:
+            return None if value is None else json.dumps(value)
+        if isinstance(value, datetime):
+            return value.astimezone(timezone.utc)
+        return value
+
+    params: dict[str, Any] = {f"u_{c}": bind(c, values[c]) for c in columns}
+    params.update(id=run.id, version=run.version, seq=seq, now=now)
+    if expect_status is not None:
+        params["status"] = list(expect_status)
+    if expect_owner is not None:
+        params["owner"] = expect_owner
+    if new_messages:
+        params["m_idx"] = [idx for idx, _ in new_messages]
+        params["m_role"] = [m.role for _, m in new_messages]
+        params["m_content"] = [m.content for _, m in new_messages]
+    if checkpoint is not None:
+        params["c_step"] = checkpoint["step"]
+        params["c_state"] = json.dumps(checkpoint["state"])
+        params["c_len"] = checkpoint["history_len"]
+        segments = checkpoint["segments"]
+        params["c_segments"] = None if segments is None else json.dumps(segments)
+    if event_rows:
+        params["e_n"] = [r["n"] for r in event_rows]
+        params["e_kind"] = [r["kind"] for r in event_rows]
+        params["e_actor"] = [r["actor"] for r in event_rows]
+        params["e_data"] = [json.dumps(r["data"]) for r in event_rows]
+        params["e_hash"] = [r["hash"] for r in event_rows]
+    return sql, params
 
 
 def _chain(
