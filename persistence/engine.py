@@ -57,6 +57,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             ) from None
         kwargs.setdefault("pool_size", 5)
         kwargs.setdefault("max_overflow", 5)
+        # Last in, first out: a process in steady use keeps reusing its warm connection
+        # (no idle ping, psycopg's prepared statements), and the spare ones go idle.
+        kwargs.setdefault("pool_use_lifo", True)
         engine = create_engine(url, **kwargs)
         if not kwargs.get("pool_pre_ping"):
             _ping_when_idle(engine)
