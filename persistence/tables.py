@@ -194,6 +194,8 @@ checkpoints = Table(
     Column("history_len", Integer, nullable=False),
     Column("segments", OptionalJson, nullable=True),
     Column("created_at", Timestamp, nullable=False),
+    # SQLite: keyed by its own B-tree, as messages and events are.
+    sqlite_with_rowid=False,
 )
 
 messages = Table(

@@ -537,19 +537,8 @@ def _transition(
             match_key=outcome.match_key,
             resource=outcome.resource_name,
         )
-        paused = NewEvent(
-            "paused",
-            {
-                "kind": outcome.kind,
-                "resume_step": outcome.then,
-                "prompt": outcome.prompt,
-                "group": outcome.group,
-                "deadline": deadline.isoformat() if deadline else None,
-            },
-        )
-        return Transition(
-            status=WAITING, state=ctx.state, messages=messages, wait=spec, events=(paused,)
-        )
+        # The wait is described in the step's step_completed event (_with_completion_event).
+        return Transition(status=WAITING, state=ctx.state, messages=messages, wait=spec)
     if outcome.failed:
         return Transition(
             status=FAILED,
@@ -578,11 +567,26 @@ def _with_completion_event(t: Transition, claim: Claim, duration_ms: float) -> T
     info: dict[str, Any] = {"step": claim.run.step, "seq": claim.run.seq + 1}
     if claim.run.attempt:
         info["attempt"] = claim.run.attempt
-    info.update(
-        duration_ms=duration_ms,
-        messages=len(t.messages),
-        next=t.step if t.status == QUEUED else t.status,
-    )
+    # next: the step that runs next (after the wait, when there is one), or how the run
+    # ended ("completed", "failed").
+    following: str | None = t.status
+    if t.status == QUEUED:
+        following = t.step
+    elif t.status == WAITING and t.wait is not None:
+        following = t.wait.resume_step
+    info.update(duration_ms=duration_ms, messages=len(t.messages), next=following)
+    if t.status == WAITING and t.wait is not None:
+        # What the run now waits for, in the same event: a parked run keeps one event
+        # row fewer (bench/README.md, parked runs). The empty fields are left out.
+        w = t.wait
+        wait: dict[str, Any] = {"kind": w.kind}
+        if w.prompt:
+            wait["prompt"] = w.prompt
+        if w.approver_group:
+            wait["group"] = w.approver_group
+        if w.deadline is not None:
+            wait["deadline"] = w.deadline.isoformat()
+        info["wait"] = wait
     done = NewEvent("step_completed", info)
     return replace(t, events=(done, *t.events))
 

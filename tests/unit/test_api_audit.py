@@ -318,7 +318,7 @@ def test_checkpoints_list_the_timeline(env: Env) -> None:
     assert [c["current"] for c in timeline] == [False, False, True]
     assert [c["messages"] for c in timeline] == [0, 2, 4]
     assert timeline[1]["changed"] == ["assessment", "recommendation"]
-    assert "paused" in timeline[1]["events"] and "completed" in timeline[2]["events"]
+    assert "step_completed" in timeline[1]["events"] and "completed" in timeline[2]["events"]
     assert all(c["rolled_back_to"] is None for c in timeline)
 
 

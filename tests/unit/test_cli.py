@@ -278,7 +278,7 @@ def test_show_prints_state_history_waits_and_events(cli: Cli, world: World) -> N
     assert_ok(shown)
     for section in ("Run ", "State at checkpoint #1", "Conversation", "Waits", "Audit trail"):
         assert section in shown.out, f"{section!r} missing\n{shown}"
-    for word in ("waiting", "finalize", "approval", "RECOMMENDATION", "created", "paused"):
+    for word in ("waiting", "finalize", "approval", "RECOMMENDATION", "created", "step_completed"):
         assert word in shown.out, f"{word!r} missing\n{shown}"
 
     as_json = cli("show", world.waiting, "--json")
@@ -289,8 +289,8 @@ def test_show_prints_state_history_waits_and_events(cli: Cli, world: World) -> N
     assert data["state"]["recommendation"] == "APPROVE"
     assert [m["role"] for m in data["history"]] == ["user", "assistant"]
     assert [(w["kind"], w["status"]) for w in data["waits"]] == [("approval", "pending")]
-    kinds = [e["kind"] for e in data["events"]]
-    assert kinds[0] == "created" and "paused" in kinds
+    assert [e["kind"] for e in data["events"]] == ["created", "step_completed"]
+    assert data["events"][1]["data"]["wait"]["kind"] == "approval"
 
 
 def test_approve_queues_the_waiting_run(cli: Cli, world: World) -> None:

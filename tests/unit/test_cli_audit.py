@@ -186,7 +186,7 @@ def test_audit_verify_passes_on_untouched_runs(home: Home) -> None:
     assert "ok: 2 runs verified" in every.text, str(every)
     assert "FAILED" not in every.both
     one = home.ok("audit", "verify", done[:10])
-    assert f"ok: run {done} verified (7 events)" in one.text, str(one)
+    assert f"ok: run {done} verified (6 events)" in one.text, str(one)
     assert home.ok("audit", "verify", waiting).out.startswith("ok:")
 
 
@@ -216,10 +216,10 @@ def test_audit_verify_names_swapped_events(home: Home) -> None:
     for frm, to in ((2, -1), (3, 2), (-1, 3)):
         home.sql("UPDATE events SET n = ? WHERE run_id = ? AND n = ?", to, run_id, frm)
     with home.store() as store:
-        assert [e.kind for e in store.events(run_id)][1:3] == ["paused", "step_completed"]
+        assert [e.kind for e in store.events(run_id)][1:3] == ["decided", "step_completed"]
     bad = home.run("audit", "verify", run_id)
     assert bad.code == 1, str(bad)
-    assert f"run {run_id}: event 2: (paused) does not match its hash" in bad.text, str(bad)
+    assert f"run {run_id}: event 2: (decided) does not match its hash" in bad.text, str(bad)
 
 
 def test_audit_verify_of_every_run_names_only_the_bad_one(home: Home) -> None:
@@ -227,7 +227,7 @@ def test_audit_verify_of_every_run_names_only_the_bad_one(home: Home) -> None:
     home.sql("UPDATE events SET actor = 'mallory' WHERE run_id = ? AND kind = 'decided'", bad_run)
     result = home.run("audit", "verify")
     assert result.code == 1, str(result)
-    assert f"FAILED run {bad_run}: event 4: (decided) does not match its hash" in result.text
+    assert f"FAILED run {bad_run}: event 3: (decided) does not match its hash" in result.text
     assert good1 not in result.both and good2 not in result.both
     assert "ok: 2 runs verified; 1 failed" in result.text, str(result)
 
@@ -247,8 +247,8 @@ def test_audit_export_jsonl_is_the_whole_chained_trail(home: Home) -> None:
     with home.store() as store:
         trail = store.events(run_id)
         run = store.get_run(run_id)
-    assert len(records) == len(trail) == run.event_count == 7
-    assert [r["n"] for r in records] == list(range(1, 8))
+    assert len(records) == len(trail) == run.event_count == 6
+    assert [r["n"] for r in records] == list(range(1, 7))
     assert records[0]["prev_hash"] == ""
     for before, after in pairwise(records):
         assert after["prev_hash"] == before["hash"]
@@ -264,8 +264,8 @@ def test_audit_export_csv_has_a_header_and_a_row_per_event(home: Home) -> None:
     rows = list(csv.reader(io.StringIO(exported.out)))
     assert tuple(rows[0]) == EXPORT_FIELDS
     body = rows[1:]
-    assert len(body) == 7
-    assert [int(r[1]) for r in body] == list(range(1, 8))
+    assert len(body) == 6
+    assert [int(r[1]) for r in body] == list(range(1, 7))
     decided = next(r for r in body if r[3] == "decided")
     assert json.loads(decided[5])["decision"] == "rejected"
     assert all(r[0] == run_id for r in body)
@@ -275,11 +275,11 @@ def test_audit_export_to_a_file(home: Home) -> None:
     run_id = loan(home)
     target = home.dir / "trail.jsonl"
     written = home.ok("audit", "export", run_id, "--output", str(target))
-    assert f"wrote 7 events of run {run_id}" in written.text
+    assert f"wrote 6 events of run {run_id}" in written.text
     assert target.read_text(encoding="utf-8") == home.ok("audit", "export", run_id).out
     csv_file = home.dir / "trail.csv"
     home.ok("audit", "export", run_id, "--format", "csv", "-o", str(csv_file))
-    assert len(csv_file.read_text(encoding="utf-8").splitlines()) == 8
+    assert len(csv_file.read_text(encoding="utf-8").splitlines()) == 7
 
 
 def test_audit_export_with_an_unknown_format_is_refused(home: Home) -> None:
@@ -386,7 +386,7 @@ def test_history_lists_checkpoints_rollbacks_and_forks(home: Home) -> None:
         seq: next(line for line in lines if re.match(rf"\s*(▶ )?{seq}\s", line)) for seq in range(4)
     }
     assert "assess" in row[0] and "created" in row[0]
-    assert "finalize" in row[1] and "paused" in row[1] and "recommendation" in row[1]
+    assert "finalize" in row[1] and "step_completed" in row[1] and "recommendation" in row[1]
     assert "(end)" in row[2] and "decided" in row[2] and "completed" in row[2]
     assert "▶ 3" in row[3] and "rolled_back" in row[3] and "#1" in row[3]
     assert "▶" not in "".join(row[s] for s in range(3))
@@ -535,7 +535,7 @@ def test_gc_dry_run_changes_nothing_then_gc_spares_held_and_live_runs(home: Home
     home.refused("history", old, words=gone)
     home.refused("rollback", old, "--to", "1", words=gone)
     home.refused("fork", old, words=gone)
-    assert len(home.ok("audit", "export", old).out.splitlines()) == 8
+    assert len(home.ok("audit", "export", old).out.splitlines()) == 7
 
 
 def test_gc_archives_trails_that_audit_verify_checks(home: Home) -> None:
@@ -560,13 +560,13 @@ def test_gc_archives_trails_that_audit_verify_checks(home: Home) -> None:
     )
 
     lines = path.read_text(encoding="utf-8").splitlines()
-    record = json.loads(lines[4])
+    record = json.loads(lines[3])
     record["actor"] = "mallory"
-    lines[4] = json.dumps(record)
+    lines[3] = json.dumps(record)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     bad = home.run("audit", "verify", "--archive", str(path))
     assert bad.code == 1
-    assert f"run {run_id}: event 4: (decided) does not match its hash" in bad.text, str(bad)
+    assert f"run {run_id}: event 3: (decided) does not match its hash" in bad.text, str(bad)
 
     path.write_text("\n".join(lines[:1] + lines[2:]) + "\n", encoding="utf-8")
     assert "event 1: is missing" in home.run("audit", "verify", "--archive", str(path)).text

@@ -111,7 +111,6 @@ def test_loan_runs_assess_park_and_finish_when_approved(
     assert kinds == [
         "created",
         "step_completed",
-        "paused",
         "decided",
         "resumed",
         "step_completed",

@@ -2,8 +2,8 @@
 
 * events: the hash is stored as 32 raw bytes, and ``prev_hash`` is gone (it is the
   previous row's hash, so verification reads it from there);
-* SQLite: events and messages become WITHOUT ROWID tables, so their (run_id, n)
-  key is stored once, in the table's own B-tree, not again in an index;
+* SQLite: events, messages and checkpoints become WITHOUT ROWID tables, so their
+  (run_id, n) key is stored once, in the table's own B-tree, not again in an index;
 * the runs and waits indexes on columns that are NULL for most rows (due_at,
   lease_expires_at, finished_at, purge_state, parent_run_id, deadline, event_name,
   resource) become partial: ``WHERE <column> IS NOT NULL``;
@@ -35,6 +35,7 @@ depends_on: str | Sequence[str] | None = None
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 BATCH = 5_000
 MESSAGE_COLUMNS = "run_id, idx, role, content, seq, created_at"
+CHECKPOINT_COLUMNS = "run_id, seq, step, state, history_len, segments, created_at"
 
 # (table, index, columns, the column whose rows it covers)
 PARTIAL = [
@@ -78,6 +79,18 @@ def _messages_columns() -> list[sa.Column[Any]]:
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("content", sa.Text(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    ]
+
+
+def _checkpoints_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("run_id", sa.String(length=32), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("step", sa.String(length=200), nullable=True),
+        sa.Column("state", JSON, nullable=False),
+        sa.Column("history_len", sa.Integer(), nullable=False),
+        sa.Column("segments", JSON, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     ]
 
@@ -134,6 +147,9 @@ def upgrade() -> None:
         new = _sqlite_rebuild("messages", _messages_columns(), "idx", rowid=False)
         op.execute(f"INSERT INTO {new} SELECT {MESSAGE_COLUMNS} FROM messages")
         _sqlite_swap("messages", new)
+        new = _sqlite_rebuild("checkpoints", _checkpoints_columns(), "seq", rowid=False)
+        op.execute(f"INSERT INTO {new} SELECT {CHECKPOINT_COLUMNS} FROM checkpoints")
+        _sqlite_swap("checkpoints", new)
     else:
         op.drop_column("events", "prev_hash")
         op.execute("ALTER TABLE events ALTER COLUMN hash TYPE bytea USING decode(hash, 'hex')")
@@ -180,6 +196,9 @@ def downgrade() -> None:
         new = _sqlite_rebuild("messages", _messages_columns(), "idx", rowid=True)
         op.execute(f"INSERT INTO {new} SELECT {MESSAGE_COLUMNS} FROM messages")
         _sqlite_swap("messages", new)
+        new = _sqlite_rebuild("checkpoints", _checkpoints_columns(), "seq", rowid=True)
+        op.execute(f"INSERT INTO {new} SELECT {CHECKPOINT_COLUMNS} FROM checkpoints")
+        _sqlite_swap("checkpoints", new)
     else:
         op.execute("ALTER TABLE runs RESET (fillfactor)")
         op.execute(
