@@ -420,6 +420,11 @@ class Store:
                 cur.execute(_CLAIM_SQL, params, prepare=False)
                 row = cur.fetchone()
                 names = [d.name for d in cur.description]
+            except Exception:
+                # Bypassing SQLAlchemy here: a dead connection must not go back to the pool.
+                if raw.broken:
+                    conn.invalidate()
+                raise
             finally:
                 cur.close()
         if row is None:
@@ -463,6 +468,11 @@ class Store:
         """Push a long step's lease forward, so the sweeper does not take its run away."""
         now = self.clock()
         with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                # One process's heartbeat renews all its steps' leases in turn: a hung
+                # renewal must not hold up the others past their leases.
+                timeout_ms = int(self.lease_seconds / 6 * 1000)
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
             result = conn.execute(
                 update(runs)
                 .where(
@@ -524,21 +534,20 @@ class Store:
         events = list(t.events)
         wait_status, wait_outcome = PENDING, None
         releases = not t.retry and bool(claim.holds)
+        step: dict[str, Any] = {
+            "now": now,
+            "actor": owner,
+            "expect_status": (RUNNING,),
+            "expect_owner": owner,
+            "changes": changes,
+            "messages": t.messages,
+            "state": state,
+            "checkpoint_step": None if t.status in (COMPLETED, FAILED) else changes["step"],
+            "events": events,  # the transaction below may add to both
+        }
         if self.engine.dialect.name == "postgresql" and not releases and t.status != WAITING:
             # The common step (go on, end, fail): one statement, one round trip.
-            return self._apply(
-                None,
-                run,
-                now=now,
-                actor=owner,
-                expect_status=(RUNNING,),
-                expect_owner=owner,
-                changes=changes,
-                messages=t.messages,
-                state=state,
-                checkpoint_step=None if t.status in (COMPLETED, FAILED) else changes["step"],
-                events=events,
-            )
+            return self._apply(None, run, **step)
         with self.write() as conn:
             if releases:
                 # The step a slot was held for is over: give the slots back.
@@ -549,15 +558,7 @@ class Store:
             new = self._apply(
                 conn,
                 run,
-                now=now,
-                actor=owner,
-                expect_status=(RUNNING,),
-                expect_owner=owner,
-                changes=changes,
-                messages=t.messages,
-                state=state,
-                checkpoint_step=None if t.status in (COMPLETED, FAILED) else changes["step"],
-                events=events,
+                **step,
                 wait=t.wait,
                 wait_status=wait_status,
                 wait_outcome=wait_outcome,
@@ -1935,7 +1936,8 @@ _CLAIM_SQL = (
     "WITH u AS (UPDATE runs SET status = %(running)s, lease_owner = %(owner)s, "
     "lease_expires_at = %(lease)s, version = version + 1, updated_at = %(now)s "
     "WHERE id = %(id)s AND version = %(version)s AND status = %(queued)s "
-    "AND (due_at IS NULL OR due_at <= %(now)s) RETURNING *) "
+    "AND (due_at IS NULL OR due_at <= %(now)s) AND EXISTS (SELECT 1 FROM checkpoints k "
+    "WHERE k.run_id = runs.id AND k.seq = runs.seq) RETURNING *) "
     f"SELECT {_select_list('u', runs, 'r_')}, {_select_list('c', checkpoints, 'c_')}, "
     f"{_select_list('a', agents, 'a_')}, {_select_list('w', waits, 'w_')}, "
     "(SELECT array_agg(h.resource ORDER BY h.resource) FROM resource_holders h "

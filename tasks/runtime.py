@@ -415,7 +415,8 @@ class _Heartbeats:
     A step's lease is renewed every third of the lease while the step runs, so only
     a dead worker loses its run (two beats can be missed). Entering and leaving a step
     is a dict operation: a thread started per step cost a step 0.5-2 ms on 2 cores
-    (bench/README.md). The thread is started on first use, and again in a forked child.
+    (bench/README.md). The thread is started on first use, and again whenever it is not
+    running (in a forked child, or should it ever have died).
     """
 
     def __init__(self) -> None:
@@ -427,18 +428,24 @@ class _Heartbeats:
         self._beats: dict[int, _Beat] = {}
         self._renewing: int | None = None
         self._next_key = 0
-        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
 
     @contextmanager
     def beating(self, store: Store, claim: Claim, owner: str) -> Iterator[None]:
         with self._cond:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                thread = threading.Thread(target=self._run, name="pausepoint-lease", daemon=True)
-                thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="pausepoint-lease", daemon=True
+                )
+                self._thread.start()
             self._next_key += 1
             key = self._next_key
-            due = time.monotonic() + store.lease_seconds / 3
+            # Two beats before the lease runs out, also when a chained step starts with
+            # only part of it left (the commit keeps the lease until half of it is used).
+            lease = store.lease_seconds
+            expires = claim.run.lease_expires_at
+            left = (expires - store.clock()).total_seconds() if expires else lease
+            due = time.monotonic() + max(0.0, min(lease / 3, left - 2 * lease / 3))
             self._beats[key] = _Beat(store, claim, owner, due)
             self._cond.notify()
         try:
@@ -466,6 +473,8 @@ class _Heartbeats:
                     self._renewing = key
                 try:
                     self._renew(key, beat)
+                except BaseException:  # the thread must outlive any one renewal
+                    log.exception("run %s: lease renewal failed", beat.claim.run.id)
                 finally:
                     with self._cond:
                         self._renewing = None

@@ -15,6 +15,7 @@ from persistence.errors import (
     AgentNotFound,
     Conflict,
     InvalidInput,
+    NotFound,
     NotWaiting,
     RunNotFound,
     StaleVersion,
@@ -158,6 +159,19 @@ def test_claim_is_exclusive_and_stale_versions_do_nothing(store: Store, clock: C
     assert store.claim(run.id, run.version + 1, "w2") is None  # running, not queued
     assert store.claim("nope", 1, "w2") is None
     assert snapshot(store) == before
+
+
+def test_a_claim_that_cannot_read_its_checkpoint_takes_no_lease(store: Store) -> None:
+    run = new_run(store)
+    with store.write() as conn:
+        conn.execute(checkpoints.delete().where(checkpoints.c.run_id == run.id))
+    before = snapshot(store)
+    try:
+        assert store.claim(run.id, run.version, "w1") is None
+    except NotFound:
+        pass  # the SQLite path reads before its CAS and says so
+    assert snapshot(store) == before
+    assert store.get_run(run.id).status == QUEUED
 
 
 def test_commit_appends_and_bumps_version(store: Store) -> None:

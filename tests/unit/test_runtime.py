@@ -468,7 +468,7 @@ def test_one_heartbeat_thread_renews_every_running_step_until_it_ends() -> None:
                 raise StaleVersion("lost", 1)
 
     def claim(run_id: str) -> Any:
-        return SimpleNamespace(run=SimpleNamespace(id=run_id))
+        return SimpleNamespace(run=SimpleNamespace(id=run_id, lease_expires_at=None))
 
     store: Any = Stub()
     before = {t.name for t in threading.enumerate()}
@@ -482,3 +482,40 @@ def test_one_heartbeat_thread_renews_every_running_step_until_it_ends() -> None:
     assert calls.count("lost") == 1, "a lease taken over is not renewed again"
     threads = [t for t in threading.enumerate() if t.name == "pausepoint-lease"]
     assert len(threads) <= 1 and ("pausepoint-lease" in before or len(threads) == 1)
+
+
+def test_a_chained_step_with_part_of_its_lease_left_is_renewed_at_once() -> None:
+    """A chained step may start with only half its lease left: the first beat comes
+    early enough that two beats still fall before the lease runs out."""
+    import threading
+    import time as _time
+    from types import SimpleNamespace
+
+    from tasks.runtime import _heartbeats
+
+    renewed: list[float] = []
+    start = datetime.now(timezone.utc)
+
+    class Stub:
+        lease_seconds = 3.0  # a beat every second after a full lease
+
+        def clock(self) -> datetime:
+            return datetime.now(timezone.utc)
+
+        def renew_lease(self, claim: Any, owner: str) -> None:
+            renewed.append(_time.monotonic())
+
+    half = SimpleNamespace(
+        run=SimpleNamespace(id="r", lease_expires_at=start + timedelta(seconds=1.5))
+    )
+    store: Any = Stub()
+    # A dead heartbeat thread is replaced on the next step.
+    dead = threading.Thread(target=lambda: None, name="pausepoint-lease")
+    dead.start()
+    dead.join()
+    _heartbeats._thread = dead
+    t0 = _time.monotonic()
+    with _heartbeats.beating(store, half, "w"):
+        _time.sleep(0.3)
+    assert _heartbeats._thread is not dead and _heartbeats._thread.is_alive()
+    assert renewed and renewed[0] - t0 < 0.25, "1.5 s left of 3: renewed at once"

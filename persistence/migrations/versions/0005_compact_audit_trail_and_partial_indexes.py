@@ -2,8 +2,9 @@
 
 * events: the hash is stored as 32 raw bytes, and ``prev_hash`` is gone (it is the
   previous row's hash, so verification reads it from there);
-* SQLite: events, messages and checkpoints become WITHOUT ROWID tables, so their
-  (run_id, n) key is stored once, in the table's own B-tree, not again in an index;
+* SQLite: events becomes a WITHOUT ROWID table, so its (run_id, n) key is stored
+  once, in the table's own B-tree, not again in an index (messages and checkpoints
+  keep their rowid: their rows can be large, and such a B-tree packs them badly);
 * the runs and waits indexes on columns that are NULL for most rows (due_at,
   lease_expires_at, finished_at, purge_state, parent_run_id, deadline, event_name,
   resource) become partial: ``WHERE <column> IS NOT NULL``;
@@ -34,8 +35,6 @@ depends_on: str | Sequence[str] | None = None
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 BATCH = 5_000
-MESSAGE_COLUMNS = "run_id, idx, role, content, seq, created_at"
-CHECKPOINT_COLUMNS = "run_id, seq, step, state, history_len, segments, created_at"
 
 # (table, index, columns, the column whose rows it covers)
 PARTIAL = [
@@ -69,29 +68,6 @@ def _events_columns(hash_type: sa.types.TypeEngine[Any]) -> list[sa.Column[Any]]
         sa.Column("data", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("hash", hash_type, nullable=False),
-    ]
-
-
-def _messages_columns() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("run_id", sa.String(length=32), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
-        sa.Column("role", sa.String(length=20), nullable=False),
-        sa.Column("content", sa.Text(), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    ]
-
-
-def _checkpoints_columns() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("run_id", sa.String(length=32), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("step", sa.String(length=200), nullable=True),
-        sa.Column("state", JSON, nullable=False),
-        sa.Column("history_len", sa.Integer(), nullable=False),
-        sa.Column("segments", JSON, nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     ]
 
 
@@ -144,12 +120,6 @@ def upgrade() -> None:
                 [{**r._asdict(), "hash": bytes.fromhex(r.hash)} for r in batch],
             )
         _sqlite_swap("events", new)
-        new = _sqlite_rebuild("messages", _messages_columns(), "idx", rowid=False)
-        op.execute(f"INSERT INTO {new} SELECT {MESSAGE_COLUMNS} FROM messages")
-        _sqlite_swap("messages", new)
-        new = _sqlite_rebuild("checkpoints", _checkpoints_columns(), "seq", rowid=False)
-        op.execute(f"INSERT INTO {new} SELECT {CHECKPOINT_COLUMNS} FROM checkpoints")
-        _sqlite_swap("checkpoints", new)
     else:
         op.drop_column("events", "prev_hash")
         op.execute("ALTER TABLE events ALTER COLUMN hash TYPE bytea USING decode(hash, 'hex')")
@@ -193,12 +163,6 @@ def downgrade() -> None:
                 prev = (r.run_id, digest)
             bind.execute(insert, out)
         _sqlite_swap("events", new)
-        new = _sqlite_rebuild("messages", _messages_columns(), "idx", rowid=True)
-        op.execute(f"INSERT INTO {new} SELECT {MESSAGE_COLUMNS} FROM messages")
-        _sqlite_swap("messages", new)
-        new = _sqlite_rebuild("checkpoints", _checkpoints_columns(), "seq", rowid=True)
-        op.execute(f"INSERT INTO {new} SELECT {CHECKPOINT_COLUMNS} FROM checkpoints")
-        _sqlite_swap("checkpoints", new)
     else:
         op.execute("ALTER TABLE runs RESET (fillfactor)")
         op.execute(
