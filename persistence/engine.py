@@ -8,6 +8,7 @@ never both read a version and then deadlock upgrading to a write lock.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import weakref
@@ -111,6 +112,10 @@ def _forget_pools_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.database in (None, "", ":memory:"):
@@ -122,6 +127,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     # WAL into the file and deletes it, so a connection per transaction (NullPool) paid
     # that on every commit: 5 ms instead of 1.6 ms for a step's three transactions
     # (bench/README.md). A forked child drops the pool it inherited (see below).
+    # JSON columns are text on SQLite: without json.dumps's spaces after ',' and ':', and
+    # with UTF-8 as is instead of \uXXXX escapes. Postgres keeps JSONB (binary) anyway.
+    kwargs.setdefault("json_serializer", _compact_json)
     kwargs.setdefault("poolclass", QueuePool)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
