@@ -68,6 +68,7 @@ from persistence.records import (
 )
 from persistence.segments import append as append_segments
 from persistence.tables import (
+    HexDigest,
     agents,
     checkpoints,
     deliveries,
@@ -432,7 +433,12 @@ class Store:
         got = dict(zip(names, row, strict=True))
 
         def part(prefix: str, table: Table) -> dict[str, Any]:
-            return {c.name: _utc(got[prefix + c.name]) for c in table.columns}
+            return {
+                c.name: c.type.process_result_value(got[prefix + c.name], conn.dialect)
+                if isinstance(c.type, HexDigest)
+                else _utc(got[prefix + c.name])
+                for c in table.columns
+            }
 
         run = RunRecord.from_row(part("r_", runs))
         resumed = part("w_", waits)
@@ -2026,6 +2032,8 @@ def _one_statement(
         _ONE_STATEMENT_SQL[shape] = sql
 
     def bind(column: str, value: Any) -> Any:
+        if column == "event_hash":
+            return bytes.fromhex(value)
         if column in _RUN_JSON:
             return None if value is None else json.dumps(value)
         if isinstance(value, datetime):

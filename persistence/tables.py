@@ -78,6 +78,20 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 Timestamp = UTCDateTime
 
+
+class HexDigest(TypeDecorator[str]):
+    """A hash as raw bytes in the store and as hex in Python ("" for none yet)."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else bytes.fromhex(value)
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).hex()
+
+
 agents = Table(
     "agents",
     metadata,
@@ -134,7 +148,7 @@ runs = Table(
     Column("parent_seq", Integer, nullable=True),
     # Head of the run's hash-chained audit trail.
     Column("event_count", Integer, nullable=False, default=0),
-    Column("event_hash", String(64), nullable=False, default=""),
+    Column("event_hash", HexDigest, nullable=False, default=""),
     Column("legal_hold", Boolean, nullable=False, default=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),

@@ -61,6 +61,11 @@ def test_0005_keeps_the_audit_trail_across_the_hash_format_change(store_url: str
                 {"r": run_id},
             ).all()
         assert [tuple(r) for r in old] == trail
+        with store.engine.connect() as conn:
+            head = conn.execute(
+                text("SELECT event_hash FROM runs WHERE id = :r"), {"r": run_id}
+            ).scalar_one()
+        assert head == trail[-1][2]  # hex again, as 0004 kept it
         store.engine.dispose()
         assert upgrade(store.engine) == head_revision()
         assert [(e.n, e.prev_hash, e.hash) for e in store.events(run_id)] == trail

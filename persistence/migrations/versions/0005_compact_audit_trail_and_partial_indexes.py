@@ -1,7 +1,8 @@
 """compact the audit trail and the indexes a parked run pays for
 
 * events: the hash is stored as 32 raw bytes, and ``prev_hash`` is gone (it is the
-  previous row's hash, so verification reads it from there);
+  previous row's hash, so verification reads it from there); so is the run row's
+  chain head, runs.event_hash;
 * SQLite: events becomes a WITHOUT ROWID table, so its (run_id, n) key is stored
   once, in the table's own B-tree, not again in an index (messages and checkpoints
   keep their rowid: their rows can be large, and such a B-tree packs them badly);
@@ -92,6 +93,23 @@ def _sqlite_swap(table: str, new: str) -> None:
     op.rename_table(new, table)
 
 
+def _sqlite_convert_head(kind: sa.types.TypeEngine[Any], empty: str, convert: Any) -> None:
+    """runs.event_hash in another type, without rebuilding runs: dropping a table that
+    others reference with ON DELETE CASCADE would delete their rows (foreign keys are
+    on, and cannot be turned off inside the migration's transaction)."""
+    bind = op.get_bind()
+    op.add_column(
+        "runs", sa.Column("event_head", kind, nullable=False, server_default=sa.text(empty))
+    )
+    rows = bind.execute(sa.text("SELECT id, event_hash FROM runs"))
+    update = sa.text("UPDATE runs SET event_head = :head WHERE id = :id")
+    for batch in _batches(rows):
+        bind.execute(update, [{"id": r.id, "head": convert(r.event_hash)} for r in batch])
+    # SQLite >= 3.35 drops and renames a column in place.
+    op.execute("ALTER TABLE runs DROP COLUMN event_hash")
+    op.execute("ALTER TABLE runs RENAME COLUMN event_head TO event_hash")
+
+
 def _set_partial(partial: bool) -> None:
     bind = op.get_bind()
     for table, name, columns, present in PARTIAL:
@@ -120,9 +138,13 @@ def upgrade() -> None:
                 [{**r._asdict(), "hash": bytes.fromhex(r.hash)} for r in batch],
             )
         _sqlite_swap("events", new)
+        _sqlite_convert_head(sa.LargeBinary(), "x''", bytes.fromhex)
     else:
         op.drop_column("events", "prev_hash")
         op.execute("ALTER TABLE events ALTER COLUMN hash TYPE bytea USING decode(hash, 'hex')")
+        op.execute(
+            "ALTER TABLE runs ALTER COLUMN event_hash TYPE bytea USING decode(event_hash, 'hex')"
+        )
         op.execute("ALTER TABLE runs SET (fillfactor = 80)")
     _set_partial(True)
     op.drop_index("ix_runs_status_updated_at", table_name="runs")
@@ -163,8 +185,13 @@ def downgrade() -> None:
                 prev = (r.run_id, digest)
             bind.execute(insert, out)
         _sqlite_swap("events", new)
+        _sqlite_convert_head(sa.String(length=64), "''", lambda b: bytes(b).hex())
     else:
         op.execute("ALTER TABLE runs RESET (fillfactor)")
+        op.execute(
+            "ALTER TABLE runs ALTER COLUMN event_hash TYPE varchar(64) "
+            "USING encode(event_hash, 'hex')"
+        )
         op.execute(
             "ALTER TABLE events ALTER COLUMN hash TYPE varchar(64) USING encode(hash, 'hex')"
         )
