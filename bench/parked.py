@@ -75,7 +75,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Table
 
 from bench.procs import ROOT, Proc, celery_ready, group_alive, pausepoint_cmd
 from bench.report import Result, Row, Target
@@ -220,11 +220,13 @@ class Raw:
 
     # --- plans
 
-    def plan(self, sql: str, params: Sequence[Any]) -> str:
+    def plan(self, sql: str, params: Any) -> str:
+        """``sql`` as the store's dialect compiles it: ``?`` and a list on SQLite,
+        ``%(name)s`` and a dict on Postgres."""
         if self.sqlite:
             rows = self.lite.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             return "; ".join(str(r[-1]) for r in rows)
-        rows = self.pg.execute("EXPLAIN " + sql.replace("?", "%s"), params).fetchall()
+        rows = self.pg.execute("EXPLAIN " + sql, params).fetchall()
         self.pg.commit()
         return " | ".join(str(r[0]).strip() for r in rows)
 
@@ -495,56 +497,29 @@ def build(cloner: Cloner, raw: Raw, total: int, slices: int, say: Say) -> Growth
 # ------------------------------------------------------------------ the sweeper
 
 
-def sweeper_reads(store: Any) -> dict[str, tuple[Any, str, list[Any]]]:
-    """The sweeper's reads (persistence/store.py: Store.sweep, Store.wake_resources)."""
-    from persistence.records import PENDING, QUEUED, RESOURCE, RUNNING
-    from persistence.tables import runs, waits
+def sweeper_reads(store: Any) -> dict[str, Any]:
+    """The sweeper's reads, the statements Store.sweep and Store.wake_resources run
+    (persistence/queries.py), with the arguments they give them."""
+    from persistence import queries
 
     now = store.clock()
     lost_before = now - timedelta(seconds=30)
     return {
-        "due runs": (
-            select(runs.c.id)
-            .where(
-                runs.c.status == QUEUED,
-                runs.c.due_at <= now,
-                or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
-            )
-            .order_by(runs.c.due_at)
-            .limit(500),
-            "",
-            [],
-        ),
-        "expired leases": (
-            select(runs.c.id)
-            .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
-            .limit(500),
-            "",
-            [],
-        ),
-        "deadlines": (
-            select(waits.c.id)
-            .where(waits.c.status == PENDING, waits.c.deadline <= now)
-            .order_by(waits.c.deadline)
-            .limit(500),
-            "SELECT waits.id FROM waits WHERE waits.status = ? AND waits.deadline <= ? "
-            "ORDER BY waits.deadline LIMIT 500",
-            [PENDING, now],
-        ),
-        "resource waiters": (
-            select(waits.c.resource)
-            .where(waits.c.kind == RESOURCE, waits.c.status == PENDING)
-            .distinct(),
-            "SELECT DISTINCT waits.resource FROM waits WHERE waits.kind = ? AND waits.status = ?",
-            [RESOURCE, PENDING],
-        ),
+        "due runs": queries.due_runs(now, lost_before, 500),
+        "expired leases": queries.expired_leases(now, 500),
+        "deadlines": queries.due_deadlines(now, 500),
+        "resource waiters": queries.resources_with_waiters(),
     }
+
+
+# The reads on waits, whose query plans are recorded.
+PLANNED = ("deadlines", "resource waiters")
 
 
 def time_reads(store: Any) -> dict[str, float]:
     """Each of the sweeper's reads alone, in ms (one read transaction each)."""
     out: dict[str, float] = {}
-    for name, (stmt, _, _) in sweeper_reads(store).items():
+    for name, stmt in sweeper_reads(store).items():
         with store.read() as conn:
             t0 = time.perf_counter()
             conn.execute(stmt).all()
@@ -555,11 +530,14 @@ def time_reads(store: Any) -> dict[str, float]:
 def plans(store: Any, raw: Raw) -> dict[str, str]:
     """Query plans of the sweeper's reads on waits, as the database would run them now."""
     out: dict[str, str] = {}
-    for name, (_, sql, params) in sweeper_reads(store).items():
-        if sql:
-            if raw.sqlite:  # the store binds naive UTC text on SQLite
-                params = [_ts(raw.kind, p) if isinstance(p, datetime) else p for p in params]
-            out[name] = raw.plan(sql, params)
+    reads = sweeper_reads(store)
+    for name in PLANNED:
+        compiled = reads[name].compile(dialect=store.engine.dialect)
+        params: Any = compiled.params
+        if raw.sqlite:  # positional, and the store binds naive UTC text on SQLite
+            values = [compiled.params[k] for k in compiled.positiontup or ()]
+            params = [_ts(raw.kind, p) if isinstance(p, datetime) else p for p in values]
+        out[name] = raw.plan(str(compiled), params)
     return out
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, Select, and_, or_, select
 
 from persistence.audit import GENESIS
 from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
 from persistence.records import (
     PENDING,
+    QUEUED,
+    RUNNING,
     SESSION_WORKFLOW,
     AgentRecord,
     Checkpoint,
@@ -20,7 +24,7 @@ from persistence.records import (
     WaitRecord,
 )
 from persistence.segments import Segments, physical
-from persistence.tables import agents, checkpoints, events, messages, runs, waits
+from persistence.tables import agents, checkpoints, events, messages, resources, runs, waits
 
 
 def get_agent(conn: Connection, name: str) -> AgentRecord:
@@ -228,3 +232,55 @@ def resumed_wait(conn: Connection, run: RunRecord) -> WaitRecord | None:
         .first()
     )
     return WaitRecord.from_row(row) if row is not None else None
+
+
+# ------------------------------------------------- the sweeper's reads (Store.sweep)
+# Statements, so that bench/parked.py times and plans exactly what the sweeper runs.
+
+
+def due_runs(now: datetime, lost_before: datetime, limit: int) -> Select[Any]:
+    """Queued runs that are due and whose message was not sent since ``lost_before``."""
+    return (
+        select(runs.c.id)
+        .where(
+            runs.c.status == QUEUED,
+            runs.c.due_at <= now,
+            or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
+        )
+        .order_by(runs.c.due_at)
+        .limit(limit)
+    )
+
+
+def expired_leases(now: datetime, limit: int) -> Select[Any]:
+    """Running runs whose worker stopped renewing the lease."""
+    return (
+        select(runs.c.id)
+        .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
+        .limit(limit)
+    )
+
+
+def due_deadlines(now: datetime, limit: int) -> Select[Any]:
+    """Pending waits whose deadline passed, oldest first (by ix_waits_status_deadline)."""
+    return (
+        select(waits.c.id)
+        .where(waits.c.status == PENDING, waits.c.deadline <= now)
+        .order_by(waits.c.deadline)
+        .limit(limit)
+    )
+
+
+def resources_with_waiters(names: Sequence[str] | None = None) -> Select[Any]:
+    """Resources some pending wait waits for: from the (few) resources, each probing its
+    waiters by index, as a scan of pending waits would cost every sweep in proportion
+    to all parked runs."""
+    waiting = (
+        select(waits.c.id)
+        .where(waits.c.resource == resources.c.name, waits.c.status == PENDING)
+        .exists()
+    )
+    query = select(resources.c.name).where(waiting)
+    if names is not None:
+        query = query.where(resources.c.name.in_(list(names)))
+    return query

@@ -1163,16 +1163,7 @@ class Store:
     def wake_resources(self, names: Sequence[str] | None = None) -> list[RunRecord]:
         """Give free slots to the runs waiting longest for them; returns the runs queued."""
         with self.read() as conn:
-            # From the (few) resources, each probing its pending waiters by index: a scan
-            # of pending waits would cost every sweep in proportion to all parked runs.
-            waiting = (
-                select(waits.c.id)
-                .where(waits.c.resource == resources.c.name, waits.c.status == PENDING)
-                .exists()
-            )
-            query = select(resources.c.name).where(waiting)
-            if names is not None:
-                query = query.where(resources.c.name.in_(list(names)))
+            query = queries.resources_with_waiters(names)
             wanted = [str(n) for n in conn.execute(query).scalars()]
         woken: list[RunRecord] = []
         for name in wanted:
@@ -1305,39 +1296,9 @@ class Store:
         now = self.clock()
         lost_before = now - timedelta(seconds=redeliver_after)
         with self.read() as conn:
-            due = (
-                conn.execute(
-                    select(runs.c.id)
-                    .where(
-                        runs.c.status == QUEUED,
-                        runs.c.due_at <= now,
-                        or_(runs.c.published_at.is_(None), runs.c.published_at <= lost_before),
-                    )
-                    .order_by(runs.c.due_at)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
-            expired = (
-                conn.execute(
-                    select(runs.c.id)
-                    .where(runs.c.status == RUNNING, runs.c.lease_expires_at <= now)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
-            deadlines = (
-                conn.execute(
-                    select(waits.c.id)
-                    .where(waits.c.status == PENDING, waits.c.deadline <= now)
-                    .order_by(waits.c.deadline)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
+            due = conn.execute(queries.due_runs(now, lost_before, limit)).scalars().all()
+            expired = conn.execute(queries.expired_leases(now, limit)).scalars().all()
+            deadlines = conn.execute(queries.due_deadlines(now, limit)).scalars().all()
         for run_id in due:
             self._sweep_due(run_id, lost_before, actor, report)
         for run_id in expired:
