@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from persistence.errors import ConfigurationError
+from persistence.urls import mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A pooled Postgres connection idle longer than this is pinged before it is used.
@@ -45,7 +46,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigurationError(f"malformed store URL {url!r}: {exc}") from None
+        shown = mask_url(url) or ""
+        raise ConfigurationError(
+            f"malformed store URL {shown!r}: {str(exc).replace(url, shown)}"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url, **kwargs)
@@ -66,7 +70,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             _ping_when_idle(engine)
         return engine
     raise ConfigurationError(
-        f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
+        f"unsupported store URL {mask_url(url)!r}: "
+        "use sqlite:///path.db or postgresql://user@host/db"
     )
 
 

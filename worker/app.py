@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
 from typing import Any
 
@@ -9,6 +10,7 @@ from celery import Celery
 
 from persistence.errors import ConfigurationError
 from persistence.store import Store
+from persistence.urls import mask_url
 from tasks import jobs
 from tasks.llm import build_backend
 from tasks.runtime import Runtime
@@ -47,23 +49,48 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Beat keeps its schedule in memory: the sweep needs no state across restarts.
         beat_scheduler="celery.beat:Scheduler",
         worker_hijack_root_logger=False,
-        pausepoint_settings=settings,
         **{jobs.FACTORY_KEY: partial(build_runtime, settings)},
     )
     # tasks.jobs is imported above, so its shared tasks bind to this app when it finalizes.
     return app
 
 
+# Broker URL schemes, the extra that installs their transport, and its client library.
+_BROKER_EXTRAS = {
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "sentinel": ("redis", "redis"),
+    "amqp": ("rabbitmq", "amqp"),
+    "amqps": ("rabbitmq", "amqp"),
+    "pyamqp": ("rabbitmq", "amqp"),
+}
+
+
 def check_broker_url(url: str) -> None:
-    """Fail before anything is written when kombu cannot even name the broker's transport."""
+    """Fail before anything is written when the broker's transport cannot be loaded.
+
+    A URL kombu cannot name is the URL's fault; a transport whose libraries are not
+    installed is the install's, and the message says which extra brings them.
+    """
     from kombu.connection import Connection
 
+    shown = mask_url(url)
+    scheme = url.partition("://")[0].lower()
+    extra, client = _BROKER_EXTRAS.get(scheme, (None, None))
     try:
+        if client is not None:
+            # First: kombu's transports import their client lazily, or half-fail without it.
+            importlib.import_module(client)
         Connection(url).get_transport_cls()  # type: ignore[no-untyped-call]
-    except (KeyError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        hint = f"pip install 'pausepoint[{extra}]'" if extra else "check the install"
         raise ConfigurationError(
-            f"unusable broker URL {url!r} ({exc}); use sqla+sqlite:///file.db, redis://host:6379/0 "
-            "or amqp://user:pass@host//"
+            f"the broker {shown!r} needs a library that is not installed ({exc}); {hint}"
+        ) from None
+    except (KeyError, ValueError) as exc:
+        raise ConfigurationError(
+            f"unusable broker URL {shown!r} ({exc}); use sqla+sqlite:///file.db, "
+            "redis://host:6379/0 or amqp://user:pass@host//"
         ) from None
 
 

@@ -807,6 +807,20 @@ def api(
     )
 
 
+@cli.command()
+@friendly
+def flower(
+    address: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5555,
+) -> None:
+    """Serve Flower (Redis/RabbitMQ broker), behind the login in FLOWER_BASIC_AUTH."""
+    from worker.flower import run_flower
+
+    run_flower(settings(), address, port)
+
+
 # ----------------------------------------------------------------------- db
 
 

@@ -5,14 +5,18 @@ Each field is set from the environment as ``PAUSEPOINT_<NAME>`` (or a ``.env`` f
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from persistence.retention import Retention, RetentionPolicy
+from persistence.urls import mask_url
 
 ROLES = ("admin", "producer", "approver", "system", "viewer")
+# Settings holding URLs: shown (repr, str, logs, Flower's Config tab) with credentials masked.
+URL_FIELDS = frozenset({"store_url", "broker_url", "llm_base_url", "public_url"})
 
 
 class ApiKey(BaseModel):
@@ -118,6 +122,14 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Where `pausepoint api` listens.")
     api_port: int = Field(8000, description="Port of `pausepoint api`.")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() of these settings go to logs, tracebacks and Flower: secrets are
+        # already SecretStr, and URLs lose their credentials here.
+        for name, value in super().__repr_args__():
+            if name in URL_FIELDS and isinstance(value, str):
+                value = mask_url(value)
+            yield name, value
 
     @field_validator("resources", mode="before")
     @classmethod

@@ -1,4 +1,10 @@
-"""Flower, on Redis, sees every step a worker runs (task events are on)."""
+"""Flower, on Redis, sees every step a worker runs (task events are on), behind a login.
+
+Started the way docker-compose starts it (`pausepoint flower`), with the environment an
+operator might leave behind (FLOWER_UNAUTHENTICATED_API=true) and a store URL that
+carries a password: the API still answers 401 without the login, and nothing Flower
+shows about the workers contains the password.
+"""
 
 from __future__ import annotations
 
@@ -24,22 +30,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PASSWORD = "pg-s3cr3t-in-url"
+LOGIN = ("ops", "flower-pw")
+
+
+def with_password(url: str) -> str:
+    # The test server trusts loopback, so any password works and none is checked.
+    return url.replace("://postgres@", f"://postgres:{PASSWORD}@", 1)
+
+
 @pytest.mark.parametrize("cluster", ["postgres_redis"], indirect=True)
-def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
+def test_flower_needs_a_login_and_lists_every_step_of_a_run(cluster: Cluster) -> None:
+    store_url = with_password(cluster.env["PAUSEPOINT_STORE_URL"])
+    assert PASSWORD in store_url
+    cluster.env["PAUSEPOINT_STORE_URL"] = store_url
+    cluster.env["PAUSEPOINT_LLM_BASE_URL"] = f"https://user:{PASSWORD}@llm.invalid/v1"
     port = free_port()
-    env = cluster.env | {"FLOWER_UNAUTHENTICATED_API": "true"}
+    env = cluster.env | {
+        "FLOWER_UNAUTHENTICATED_API": "true",
+        "FLOWER_BASIC_AUTH": ":".join(LOGIN),
+    }
     log = (cluster.tmp / "flower.log").open("wb")
     flower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "--app",
-            "worker.main",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
+        [sys.executable, "-m", "worker", "flower", f"--port={port}"],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -55,8 +68,18 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
                     break
             except httpx.HTTPError:
                 pass
+            assert flower.poll() is None, (cluster.tmp / "flower.log").read_text()
             assert time.monotonic() < deadline, "flower did not start"
             time.sleep(0.2)
+        # No login: nothing, not even with FLOWER_UNAUTHENTICATED_API=true in the env.
+        assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{base}/api/tasks", timeout=5).status_code == 401
+        assert httpx.post(f"{base}/api/task/revoke/x", timeout=5).status_code == 401
+        assert httpx.post(f"{base}/api/worker/pool/shrink/w1", timeout=5).status_code == 401
+        assert httpx.get(f"{base}/", timeout=5).status_code == 401
+        wrong = httpx.get(f"{base}/api/workers", auth=("ops", "guess"), timeout=5)
+        assert wrong.status_code == 401
+
         # One task per step: without inline steps, each step is its own broker message.
         cluster.env["PAUSEPOINT_INLINE_STEPS"] = "1"
         cluster.worker("w1")
@@ -64,7 +87,7 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
         cluster.wait_for([run.id], lambda r: r.status in FINISHED, "the run to finish")
         deadline = time.monotonic() + 20
         while True:
-            tasks = httpx.get(f"{base}/api/tasks", timeout=5).json()
+            tasks = httpx.get(f"{base}/api/tasks", auth=LOGIN, timeout=5).json()
             ours = [
                 t
                 for t in tasks.values()
@@ -75,6 +98,22 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
             assert time.monotonic() < deadline, f"flower saw {ours}"
             time.sleep(0.5)
         assert all(t["worker"].startswith("w1@") for t in ours)
+
+        # What the Config tab shows: the worker's configuration, credentials masked.
+        deadline = time.monotonic() + 20
+        while True:
+            workers = httpx.get(f"{base}/api/workers?refresh=1", auth=LOGIN, timeout=15)
+            assert workers.status_code == 200
+            confs = [w.get("conf") for w in workers.json().values() if w.get("conf")]
+            if confs:
+                break
+            assert time.monotonic() < deadline, f"flower saw no worker conf: {workers.text}"
+            time.sleep(0.5)
+        shown = workers.text
+        assert "Settings(" in shown and "***@" in shown
+        assert PASSWORD not in shown
+        page = httpx.get(f"{base}/worker/{next(iter(workers.json()))}", auth=LOGIN, timeout=15)
+        assert page.status_code == 200 and PASSWORD not in page.text
     finally:
         os.killpg(flower.pid, signal.SIGTERM)
         try:
@@ -83,3 +122,6 @@ def test_flower_lists_every_step_of_a_run(cluster: Cluster) -> None:
             os.killpg(flower.pid, signal.SIGKILL)
             flower.wait()
         log.close()
+    assert PASSWORD not in (cluster.tmp / "flower.log").read_text(errors="replace")
+    for w in cluster.workers:
+        assert PASSWORD not in w.log.read_text(errors="replace")
