@@ -861,7 +861,12 @@ def db_current() -> None:
 @friendly
 def demo(
     directory: Annotated[
-        str, typer.Option("--dir", help="Where the demo keeps its databases (made fresh).")
+        str,
+        typer.Option(
+            "--dir",
+            help="Where the demo keeps its databases: a new or empty folder, or an "
+            "earlier demo's (only its own files are replaced).",
+        ),
     ] = ".pausepoint-demo",
     applications: Annotated[int, typer.Option(help="Loan applications to run.", min=3, max=20)] = 5,
 ) -> None:

@@ -10,7 +10,6 @@ every run from its last checkpoint.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -88,10 +87,41 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
 
+# A folder the demo made holds this file; only such a folder is ever reused.
+MARKER = ".pausepoint-demo"
+# What a demo writes there, and all that a next demo removes (SQLite adds -wal and -shm).
+DEMO_FILES = ("pausepoint.db*", "broker.db*", "worker.log")
+
+
+def prepare_dir(base: Path) -> None:
+    """Make ``base`` ready for a demo without ever deleting anything of the user's.
+
+    A new or empty folder is used as is. A folder a previous demo made (it has MARKER)
+    loses that demo's own files and nothing else. Any other folder is refused.
+    """
+    if base.exists() and not base.is_dir():
+        raise DemoFailed(f"--dir {base} is a file, not a folder")
+    if base.exists():
+        entries = list(base.iterdir())
+        if entries and not (base / MARKER).is_file():
+            raise DemoFailed(
+                f"--dir {base} is not empty and is not a previous demo's folder: nothing "
+                "was changed; give a new or empty folder (the default is .pausepoint-demo)"
+            )
+        for pattern in DEMO_FILES:
+            for path in base.glob(pattern):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+    base.mkdir(parents=True, exist_ok=True)
+    (base / MARKER).write_text(
+        "Made by `pausepoint demo`. The next demo run with this --dir replaces its own files "
+        f"here ({', '.join(DEMO_FILES)}) and leaves anything else alone.\n"
+    )
+
+
 def run_demo(directory: str, count: int, console: Console) -> int:
     base = Path(directory).resolve()
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(parents=True)
+    prepare_dir(base)
     env = dict(os.environ)
     env.update(
         PAUSEPOINT_STORE_URL=f"sqlite:///{base / 'pausepoint.db'}",
