@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from persistence.errors import ConfigurationError
+from persistence.jsonvalues import loads as json_loads
 from persistence.urls import mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -65,6 +66,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # Last in, first out: a process in steady use keeps reusing its warm connection
         # (no idle ping, psycopg's prepared statements), and the spare ones go idle.
         kwargs.setdefault("pool_use_lifo", True)
+        # A stored value json cannot decode is one row's problem, not every reader's.
+        kwargs.setdefault("json_deserializer", json_loads)
         engine = create_engine(url, **kwargs)
         if not kwargs.get("pool_pre_ping"):
             _ping_when_idle(engine)
@@ -135,6 +138,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     # JSON columns are text on SQLite: without json.dumps's spaces after ',' and ':', and
     # with UTF-8 as is instead of \uXXXX escapes. Postgres keeps JSONB (binary) anyway.
     kwargs.setdefault("json_serializer", _compact_json)
+    kwargs.setdefault("json_deserializer", json_loads)
     kwargs.setdefault("poolclass", QueuePool)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -11,6 +12,7 @@ from sqlalchemy import Connection, Select, and_, or_, select
 
 from persistence.audit import GENESIS
 from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
+from persistence.jsonvalues import is_unreadable
 from persistence.records import (
     PENDING,
     QUEUED,
@@ -25,6 +27,8 @@ from persistence.records import (
 )
 from persistence.segments import Segments, physical
 from persistence.tables import agents, checkpoints, events, messages, resources, runs, waits
+
+log = logging.getLogger("pausepoint.store")
 
 
 def get_agent(conn: Connection, name: str) -> AgentRecord:
@@ -101,7 +105,21 @@ def list_runs(
         query = query.where(runs.c.workflow == workflow)
     if not include_sessions:
         query = query.where(runs.c.workflow != SESSION_WORKFLOW)
-    return [RunRecord.from_row(r) for r in conn.execute(query).mappings()]
+    return _noting_unreadable([RunRecord.from_row(r) for r in conn.execute(query).mappings()])
+
+
+def _noting_unreadable(found: list[RunRecord]) -> list[RunRecord]:
+    """A batch of runs, each row that holds undecodable JSON logged with its run id.
+
+    Such a row is listed with ``{"unreadable": why}`` in place of the value: it stays
+    findable (and fixable, or removable) by an operator, and the batch goes on.
+    """
+    bad = [r.id for r in found if is_unreadable(r.input) or is_unreadable(r.result)]
+    for run_id in bad:
+        log.warning("run %s: its stored input or result cannot be read", run_id)
+    if bad:
+        log.warning("%d of %d runs read have undecodable JSON", len(bad), len(found))
+    return found
 
 
 def latest_checkpoint(conn: Connection, run: RunRecord) -> Checkpoint:

@@ -245,3 +245,6 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
     resource_wakeups: list[str] = field(default_factory=list)
+    # Rows the pass could not handle ("run <id>", "wait <id>", "resource <name>"): logged
+    # with their id and left for the next pass, while every other row was handled.
+    skipped: list[str] = field(default_factory=list)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, Table, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from persistence import queries
 from persistence.audit import Finding, event_hash, verify_chain
@@ -35,6 +35,7 @@ from persistence.errors import (
     NotWaiting,
     StaleVersion,
 )
+from persistence.jsonvalues import check_json
 from persistence.records import (
     ACTIVE,
     APPROVAL,
@@ -95,11 +96,22 @@ def new_run_id() -> str:
 
 def ensure_json(value: Any, what: str) -> Any:
     """Reject what the store could not round-trip, before anything is written."""
+    return check_json(value, what)
+
+
+@contextmanager
+def _skipping(kind: str, key: object, report: SweepReport) -> Iterator[None]:
+    """One sweeper row's work: a failure is logged with its id and counted, not raised.
+
+    Losing the database itself is not one row's problem: that still ends the pass.
+    """
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from None
-    return value
+        yield
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        log.exception("sweeper: skipped %s %s, which it could not handle", kind, key)
+        report.skipped.append(f"{kind} {key}")
 
 
 class Store:
@@ -1160,16 +1172,31 @@ class Store:
                 ).scalars()
             )
 
-    def wake_resources(self, names: Sequence[str] | None = None) -> list[RunRecord]:
-        """Give free slots to the runs waiting longest for them; returns the runs queued."""
+    def wake_resources(
+        self, names: Sequence[str] | None = None, *, report: SweepReport | None = None
+    ) -> list[RunRecord]:
+        """Give free slots to the runs waiting longest for them; returns the runs queued.
+
+        With a sweeper's ``report``, a resource whose next waiter cannot be woken is
+        logged and counted there, and the other resources still hand out their slots.
+        """
         with self.read() as conn:
             query = queries.resources_with_waiters(names)
             wanted = [str(n) for n in conn.execute(query).scalars()]
         woken: list[RunRecord] = []
         for name in wanted:
-            while (run := self._wake_one(name)) is not None:
-                if run.status == QUEUED:
-                    woken.append(run)
+            if report is None:
+                woken.extend(self._wake_all(name))
+                continue
+            with _skipping("resource", name, report):
+                woken.extend(self._wake_all(name))
+        return woken
+
+    def _wake_all(self, name: str) -> list[RunRecord]:
+        woken = []
+        while (run := self._wake_one(name)) is not None:
+            if run.status == QUEUED:
+                woken.append(run)
         return woken
 
     def _wake_one(self, name: str) -> RunRecord | None:
@@ -1299,14 +1326,20 @@ class Store:
             due = conn.execute(queries.due_runs(now, lost_before, limit)).scalars().all()
             expired = conn.execute(queries.expired_leases(now, limit)).scalars().all()
             deadlines = conn.execute(queries.due_deadlines(now, limit)).scalars().all()
+        # Each row in its own transaction and its own guard: one row that cannot be
+        # handled (unreadable, or refused by the database) is logged and counted, and
+        # every other run still gets its redelivery, its recovery and its deadline.
         for run_id in due:
-            self._sweep_due(run_id, lost_before, actor, report)
+            with _skipping("run", run_id, report):
+                self._sweep_due(run_id, lost_before, actor, report)
         for run_id in expired:
-            self._sweep_lease(run_id, max_attempts, actor, report)
+            with _skipping("run", run_id, report):
+                self._sweep_lease(run_id, max_attempts, actor, report)
         for wait_id in deadlines:
-            self._sweep_deadline(wait_id, actor, report)
+            with _skipping("wait", wait_id, report):
+                self._sweep_deadline(wait_id, actor, report)
         # Slots freed by runs that failed or moved on, or a capacity raised.
-        for run in self.wake_resources():
+        for run in self.wake_resources(report=report):
             report.resource_wakeups.append(run.id)
             report.republished.append((run.id, run.version))
         return report

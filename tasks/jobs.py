@@ -69,6 +69,7 @@ def sweep(self: Task) -> dict[str, int]:
         "lease_expired": len(report.lease_expired),
         "deadlines": len(report.deadlines),
         "failed": len(report.failed),
+        "skipped": len(report.skipped),
     }
 
 

@@ -30,6 +30,7 @@ from persistence.errors import (
     Retry,
     StaleVersion,
 )
+from persistence.jsonvalues import Unreadable
 from persistence.records import (
     CALLBACK,
     COMPLETED,
@@ -263,13 +264,15 @@ class Runtime:
         )
         for run_id, version in report.republished:
             self._send(run_id, version)
-        if report.republished or report.failed:
-            log.info(
-                "sweep: published %d, lease expired %d, deadlines %d, failed %d",
+        if report.republished or report.failed or report.skipped:
+            log.log(
+                logging.WARNING if report.skipped else logging.INFO,
+                "sweep: published %d, lease expired %d, deadlines %d, failed %d, skipped %d",
                 len(report.republished),
                 len(report.lease_expired),
                 len(report.deadlines),
                 len(report.failed),
+                len(report.skipped),
             )
         return report
 
@@ -315,7 +318,15 @@ class Runtime:
             done += 1
             keep = done < self.inline_steps and time.monotonic() < until
             try:
-                new = self.store.commit_step(claim, owner, transition, keep_lease=keep)
+                try:
+                    new = self.store.commit_step(claim, owner, transition, keep_lease=keep)
+                except InvalidInput as exc:
+                    # The step gave back what the store cannot keep (not JSON, nested too
+                    # deep, a 100-digit integer): the run fails, saying so, instead of the
+                    # task erroring and the sweeper re-running the step after its lease.
+                    log.error("run %s step %s: %s", run_id, claim.run.step, exc)
+                    transition = _failed(claim, f"the step's outcome cannot be stored: {exc}")
+                    new = self.store.commit_step(claim, owner, transition, keep_lease=False)
             except StaleVersion:
                 log.warning(
                     "run %s: lease lost during step %s; result dropped", run_id, claim.run.step
@@ -332,6 +343,11 @@ class Runtime:
 
     def _execute(self, claim: Claim) -> Transition:
         run = claim.run
+        unreadable = _unreadable(claim)
+        if unreadable is not None:
+            # Stored before the store bounded JSON (or written by hand): no retry can read it.
+            log.error("run %s: %s; failing the run", run.id, unreadable)
+            return _failed(claim, unreadable)
         try:
             wf = self.workflows.get(run.workflow)
             step = wf.get_step(run.step)
@@ -495,6 +511,21 @@ class _Heartbeats:
 
 _heartbeats = _Heartbeats()
 os.register_at_fork(after_in_child=_heartbeats._reset)
+
+
+def _unreadable(claim: Claim) -> str | None:
+    """What of the run's stored data cannot be decoded, if anything."""
+    parts: list[tuple[str, Any]] = [
+        ("input", claim.run.input),
+        ("state", claim.checkpoint.state),
+        ("agent's model settings", claim.agent.model),
+    ]
+    if claim.resumed is not None:
+        parts.append(("the outcome of the wait it resumes from", claim.resumed.outcome))
+    for what, value in parts:
+        if isinstance(value, Unreadable):
+            return f"the run's stored {what} cannot be read ({value.why})"
+    return None
 
 
 def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:

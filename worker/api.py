@@ -9,7 +9,6 @@ stored changes when a request is refused. The approval page lives in
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -17,7 +16,7 @@ from celery import Celery
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +32,8 @@ from persistence.errors import (
     PausepointError,
     Unauthorized,
 )
+from persistence.jsonvalues import json_problem
+from persistence.jsonvalues import parse_json as parse_json_text
 from persistence.records import PENDING, RUN_STATUSES
 from tasks.runtime import Runtime
 from tasks.tokens import parse_token, verify_signature
@@ -56,16 +57,27 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
 ]
 
 
+def _bounded(value: Any) -> Any:
+    # Checked here too, so the 422 names the field; the store refuses the same values.
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+BoundedObject = Annotated[dict[str, Any], AfterValidator(_bounded)]
+
+
 class StartRun(BaseModel):
     workflow: str = Field(min_length=1, max_length=200)
     agent: str = Field(min_length=1, max_length=200)
     task: str = ""
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: BoundedObject = Field(default_factory=dict)
 
 
 class Decision(BaseModel):
     comment: str = Field("", max_length=10_000)
-    input: dict[str, Any] | None = Field(None, description="Edited input for the next step.")
+    input: BoundedObject | None = Field(None, description="Edited input for the next step.")
 
 
 REASON_MAX = 2000
@@ -401,7 +413,5 @@ def _attachment(filename: str) -> dict[str, str]:
 
 
 def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    """A body as JSON within the store's limits (depth, integer size), or a 422."""
+    return parse_json_text(raw, "the body") if raw.strip() else {}

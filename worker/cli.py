@@ -20,6 +20,7 @@ from rich.text import Text
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from persistence.errors import InvalidInput, PausepointError
+from persistence.jsonvalues import parse_json
 from persistence.store import Store
 from worker.serialize import checkpoint_view, plain, run_detail, timeline
 from worker.settings import Settings
@@ -86,10 +87,7 @@ def open_store() -> Store:
 def parse_json_object(text: str | None, what: str) -> dict[str, Any] | None:
     if text is None:
         return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    value = parse_json(text, what)
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, like '{{\"amount\": 25000}}'")
     return value
@@ -162,8 +160,11 @@ def sweep() -> None:
     report = runtime(create_app(settings())).sweep()
     console.print(
         f"published {len(report.republished)}, lease expired {len(report.lease_expired)}, "
-        f"deadlines {len(report.deadlines)}, failed {len(report.failed)}"
+        f"deadlines {len(report.deadlines)}, failed {len(report.failed)}, "
+        f"skipped {len(report.skipped)}"
     )
+    for row in report.skipped:
+        fail(f"skipped {row}: it could not be handled (see the log); the rest were")
 
 
 # ------------------------------------------------------------------- agents
@@ -732,10 +733,7 @@ def callback(
     """Deliver a callback by hand (for scripts), the same way POST /callbacks/TOKEN does."""
     from worker.app import create_app, runtime
 
-    try:
-        payload = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"--data is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    payload = parse_json(data, "--data")
     rt = runtime(create_app(settings()))
     _, run = rt.deliver_callback(token, payload, actor=default_actor())
     if run is not None:
