@@ -141,14 +141,14 @@ def test_decision_event_and_callback_payloads_are_bounded(env: Env) -> None:  # 
     env.ok(env.post(f"/runs/{run_id}/approve", {"comment": "fine"}))
 
 
-def _parked_payment_url(env: Env) -> str:
+def _parked_payment_url(e: Env) -> str:
     from tasks.workflow import registry
 
     if "payment" not in registry.names():
         registry.register(payment)
-    run = env.rt.start("payment", agent="loan_processor", input={})
-    env.drain()
-    state = env.store.checkpoint(run.id, env.store.get_run(run.id).seq).state
+    run = e.rt.start("payment", agent="loan_processor", input={})
+    e.drain()
+    state = e.store.checkpoint(run.id, e.store.get_run(run.id).seq).state
     return str(state["callback_url"])
 
 
