@@ -1,0 +1,73 @@
+"""The run store: every state transition of a run, each ONE transaction.
+
+The store is a package of rooms, each a class owning one concern; :class:`Store` is
+all of them on one engine:
+
+===============  ==========================================================
+``core``         engine, clock, dialect, transactions, ``_apply`` (the CAS)
+``agents``       agents: persona, instruction, strategy, model settings
+``runs``         starting runs (idempotency keys)
+``steps``        a step's claim, its lease, the commit of its outcome
+``waits``        opening a wait, and what already fulfils it
+``approvals``    a person's decision on an approval
+``deliveries``   callbacks and events from other systems
+``resources``    named capacities and their slots
+``lineage``      rollback, fork, legal hold
+``sweeper``      redelivery, lease recovery, deadlines
+``sessions``     the seed API's plain-Python ``Agent`` sessions
+``secret``       the store's secret for callback tokens
+``reads``        reads of runs, checkpoints, conversations, trails, waits
+``dialect``      the seam; ``sqlite`` and ``postgres`` are its two sides
+===============  ==========================================================
+
+Reads of single rows live in :mod:`persistence.queries`, shared by every room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from persistence.engine import make_engine
+from persistence.store.agents import AgentsRoom
+from persistence.store.approvals import ApprovalsRoom
+from persistence.store.core import Clock, StoreCore, ensure_json, new_run_id, utcnow
+from persistence.store.deliveries import DeliveriesRoom
+from persistence.store.lineage import LineageRoom
+from persistence.store.reads import ReadsRoom
+from persistence.store.secret import SecretRoom
+from persistence.store.sessions import SessionsRoom
+from persistence.store.steps import StepsRoom
+from persistence.store.sweeper import SweeperRoom
+from persistence.store.waits import TokenHasher
+
+__all__ = [
+    "Clock",
+    "Store",
+    "StoreCore",
+    "TokenHasher",
+    "ensure_json",
+    "new_run_id",
+    "utcnow",
+]
+
+
+class Store(
+    AgentsRoom,
+    SessionsRoom,
+    StepsRoom,
+    ApprovalsRoom,
+    DeliveriesRoom,
+    LineageRoom,
+    SweeperRoom,
+    SecretRoom,
+    ReadsRoom,
+):
+    """The run store on one SQLAlchemy engine (SQLite or Postgres)."""
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool = True, **kwargs: Any) -> Store:
+        """Open the store at ``url``, creating or upgrading its schema unless told not to."""
+        store = cls(make_engine(url), **kwargs)
+        if migrate:
+            store.ensure_schema()
+        return store
