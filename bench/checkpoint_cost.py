@@ -67,17 +67,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
-import os
-import random
 import socket
-import sqlite3
-import string
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -85,18 +79,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.meters import (
+    MESSAGE_CHARS,
+    MESSAGE_TEXT,
+    TAIL,
+    Meter,
+    SqliteMeter,
+    message,
+    pg_metered_schema,
+)
 from bench.report import Result, Row, Target
-from persistence.store import Store
-from tasks.context import StepContext
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from tasks.workflow import Next, Outcome, Registry, Workflow
-from worker.settings import Settings
+from bench.services import PG_BASE, RESULTS
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.workflow import Next, Outcome, Registry, Workflow
+from pausepoint.worker.settings import Settings
 
-PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-RESULTS = Path(__file__).resolve().parent / "results"
-MESSAGE_CHARS = 200
-TAIL = 5
 # Steps a worker runs in one chain by default (PAUSEPOINT_INLINE_STEPS).
 INLINE = int(Settings.model_fields["inline_steps"].default)
 MiB = 1024 * 1024
@@ -106,128 +106,6 @@ TIME_RATIO_MAX = 1.2  # ms/step at 10,000 messages over ms/step at 10
 GROWTH_RATIO_MAX = 1.2  # bytes/step at 10,000 over bytes/step at 10: "independent"
 SMALLER_THAN_DELTA = 5.0
 SMALLER_THAN_ADD_MESSAGES = 100.0
-
-# The messages are pseudo-text: words from a fixed vocabulary of 1,000 made-up words
-# with a Zipf distribution (s=0.8) and a few numbers, each message its own sequence
-# (seeded by its index). That compresses like English prose (checked against this
-# repository's docs: zlib ~2.8x, Postgres's pglz ~1.9x). It matters because
-# PostgresSaver's blobs are TOASTed, so compressed: one sentence repeated would shrink
-# ~40x there, and random characters not at all. ``BENCH_MESSAGE_TEXT=random`` makes
-# the messages random letters instead (incompressible: the worst case for LangGraph
-# on Postgres).
-MESSAGE_TEXT = os.environ.get("BENCH_MESSAGE_TEXT", "prose")
-_SYLLABLES = (
-    "ba be bi bo bu ca ce ci co da de di do du fa fe fi fo ga ge go ka ke ki ko la le li lo "
-    "lu ma me mi mo mu na ne ni no nu pa pe pi po ra re ri ro ru sa se si so su ta te ti to "
-    "tu va ve vi vo za ze an en in on er ar or al el il st str tr pr pl gr cr th sh ch"
-).split()
-
-
-def _vocabulary(n: int = 1_000) -> tuple[list[str], list[float]]:
-    rng = random.Random(3)
-    words: set[str] = set()
-    while len(words) < n:
-        syllables = rng.choice((1, 1, 2, 2, 2, 3, 3, 4))
-        words.add("".join(rng.choice(_SYLLABLES) for _ in range(syllables)))
-    weights = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(n)))
-    return sorted(words), weights
-
-
-_WORDS, _CUM_WEIGHTS = _vocabulary()
-
-
-def message(i: int) -> str:
-    """The ``i``-th message of the conversation: ``MESSAGE_CHARS`` characters, always
-    the same for the same ``i``."""
-    rng = random.Random(i)
-    text = f"Note {i}:"
-    if MESSAGE_TEXT == "random":
-        return (text + " " + "".join(rng.choices(string.ascii_letters, k=MESSAGE_CHARS)))[
-            :MESSAGE_CHARS
-        ]
-    while len(text) < MESSAGE_CHARS:
-        if rng.random() < 0.95:
-            text += " " + rng.choices(_WORDS, cum_weights=_CUM_WEIGHTS)[0]
-        else:
-            text += f" {rng.randrange(10_000)}"
-    return text[:MESSAGE_CHARS]
-
-
-# ----------------------------------------------------------------- the stores
-
-
-class Meter(Protocol):
-    """How big a store is."""
-
-    def size(self) -> int:
-        """Bytes on disk."""
-        ...
-
-    def tables(self) -> dict[str, int]:
-        """Bytes per table (SQLite: per table and index; Postgres: per table with its
-        indexes and TOAST)."""
-        ...
-
-
-class SqliteMeter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def size(self) -> int:
-        """The file plus its WAL once the WAL is copied back (``wal_checkpoint(TRUNCATE)``)."""
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            conn.close()
-        wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-
-    def tables(self) -> dict[str, int]:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            rows = conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
-        finally:
-            conn.close()
-        return {str(name): int(size) for name, size in sorted(rows, key=lambda r: -r[1])}
-
-
-class PgMeter:
-    """Every table of one schema, with ``pg_total_relation_size``: heap, indexes, TOAST,
-    free-space and visibility maps."""
-
-    _SQL = """
-        SELECT c.relname, pg_total_relation_size(c.oid)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relkind = 'r'
-        ORDER BY 2 DESC
-    """
-
-    def __init__(self, conn: Any, schema: str) -> None:
-        self.conn, self.schema = conn, schema
-
-    def tables(self) -> dict[str, int]:
-        return {str(name): int(size) for name, size in self.conn.execute(self._SQL, (self.schema,))}
-
-    def size(self) -> int:
-        return sum(self.tables().values())
-
-
-@contextmanager
-def pg_schema(prefix: str) -> Iterator[tuple[str, PgMeter]]:
-    """A new schema, dropped afterwards: a ``postgresql://`` URL whose search_path is it,
-    and its meter."""
-    import psycopg
-
-    schema = prefix + uuid.uuid4().hex[:12]
-    dsn = PG_BASE.replace("postgresql+psycopg://", "postgresql://")
-    admin = psycopg.connect(dsn, autocommit=True)
-    admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{dsn}?options=-csearch_path%3D{schema}", PgMeter(admin, schema)
-    finally:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
 
 
 def postgres_reachable() -> bool:
@@ -345,7 +223,7 @@ def _store_url(store: str) -> Iterator[tuple[str, Meter]]:
             path = Path(tmp) / "store.db"
             yield f"sqlite:///{path}", SqliteMeter(path)
         return
-    with pg_schema("bench_") as (url, meter):
+    with pg_metered_schema("bench_") as (url, meter):
         yield url, meter
 
 

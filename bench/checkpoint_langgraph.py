@@ -35,7 +35,7 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import _messages_delta_reducer, add_messages
 
-from bench.checkpoint_cost import TAIL, Meter, SqliteMeter, message, pg_schema
+from bench.meters import TAIL, Meter, SqliteMeter, message, pg_metered_schema
 
 STATES = ("add_messages", "DeltaChannel")
 SAVERS = {"sqlite": "SqliteSaver", "postgres": "PostgresSaver"}
@@ -107,7 +107,7 @@ def langgraph_subject(store: str, state: str) -> Iterator[LangGraphSubject]:
         return
     from langgraph.checkpoint.postgres import PostgresSaver
 
-    with pg_schema("bench_lg_") as (dsn, meter):
+    with pg_metered_schema("bench_lg_") as (dsn, meter):
         with PostgresSaver.from_conn_string(dsn) as saver:
             saver.setup()
             yield LangGraphSubject(saver, state, meter)

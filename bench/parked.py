@@ -79,9 +79,9 @@ from sqlalchemy import Table
 
 from bench.procs import ROOT, Proc, celery_ready, group_alive, pausepoint_cmd
 from bench.report import Result, Row, Target
+from bench.services import REDIS_URL, pg_dsn, pg_schema, schema_url
+from bench.services import flush_redis as _flush_redis
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AGENT = "bench_parked"
 TEMPLATES = 8  # real parked runs whose rows are cloned
 SMALL = 1_000  # parked runs of the sweeper's baseline store
@@ -112,10 +112,6 @@ def _say(msg: str) -> None:
     print(f"[parked {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _pg_dsn() -> str:
-    return PG_BASE.replace("postgresql+psycopg://", "postgresql://")
-
-
 # ------------------------------------------------------------------ the stores
 
 
@@ -140,26 +136,8 @@ def fresh_store(name: str, tmp: Path, tag: str) -> Iterator[Kind]:
         path = tmp / f"{tag}.db"
         yield Kind(name, f"sqlite:///{path}", tmp, path=path)
         return
-    import psycopg
-
-    schema = "bench_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(_pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield Kind(name, f"{PG_BASE}?options=-csearch_path%3D{schema}", tmp, schema=schema)
-    finally:
-        with psycopg.connect(_pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-def _flush_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+    with pg_schema("bench") as schema:
+        yield Kind(name, schema_url(schema), tmp, schema=schema)
 
 
 class Raw:
@@ -174,7 +152,7 @@ class Raw:
         else:
             import psycopg
 
-            self.pg = psycopg.connect(_pg_dsn(), options=f"-csearch_path={kind.schema}")
+            self.pg = psycopg.connect(pg_dsn(), options=f"-csearch_path={kind.schema}")
 
     @property
     def sqlite(self) -> bool:
@@ -248,9 +226,9 @@ def _ts(kind: Kind, when: datetime) -> str:
 
 def park_templates(store: Any, count: int) -> list[str]:
     """``count`` real loan runs, parked on their approval through Runtime, in-process."""
-    from tasks import examples  # noqa: F401  (registers loan)
-    from tasks.llm import ScriptedBackend
-    from tasks.runtime import Runtime
+    from pausepoint.tasks import examples  # noqa: F401  (registers loan)
+    from pausepoint.tasks.llm import ScriptedBackend
+    from pausepoint.tasks.runtime import Runtime
 
     store.save_agent(AGENT, persona="I am a loan processing assistant.")
     queue: list[tuple[str, int]] = []
@@ -290,7 +268,7 @@ class Cloner:
     """
 
     def __init__(self, raw: Raw, template_ids: Sequence[str]) -> None:
-        from persistence import tables
+        from pausepoint.persistence import tables
 
         self.raw = raw
         self.template_ids = list(template_ids)
@@ -500,7 +478,7 @@ def build(cloner: Cloner, raw: Raw, total: int, slices: int, say: Say) -> Growth
 def sweeper_reads(store: Any) -> dict[str, Any]:
     """The sweeper's reads, the statements Store.sweep and Store.wake_resources run
     (persistence/queries.py), with the arguments they give them."""
-    from persistence import queries
+    from pausepoint.persistence import queries
 
     now = store.clock()
     lost_before = now - timedelta(seconds=30)
@@ -650,7 +628,7 @@ def read_memory(proc: Proc, count: int, gap: float = 0.5) -> list[dict[str, floa
 
 def broker_messages(kind: Kind) -> dict[str, int]:
     """Messages waiting in the broker: all of them, and those that would step a run."""
-    from tasks.jobs import RUN_STEP
+    from pausepoint.tasks.jobs import RUN_STEP
 
     payloads: list[str | bytes] = []
     if kind.name == "sqlite":
@@ -692,7 +670,7 @@ def start_worker(kind: Kind, logs: Path) -> Proc:
         PYTHONPATH=str(ROOT),
         PAUSEPOINT_STORE_URL=kind.url,
         PAUSEPOINT_BROKER_URL=kind.broker_url(),
-        PAUSEPOINT_WORKFLOWS="tasks.examples",
+        PAUSEPOINT_WORKFLOWS="pausepoint.tasks.examples",
         PAUSEPOINT_LLM="scripted",
         PAUSEPOINT_CONCURRENCY="2",
         PAUSEPOINT_SWEEP_INTERVAL="1",
@@ -750,7 +728,7 @@ def measure_kind(
     baseline are built (sizes only). The sweeps are timed last, with the worker
     stopped, so no other process competes with them.
     """
-    from persistence.store import Store
+    from pausepoint.persistence.store import Store
 
     t_start = time.monotonic()
     slices = max(3, repeats)

@@ -24,7 +24,7 @@ def pausepoint_cmd(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "pausepoint"
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-m", "worker", *args]
+    return [sys.executable, "-m", "pausepoint.worker", *args]
 
 
 class Proc:

@@ -48,13 +48,12 @@ from sqlalchemy import create_engine, func, select
 
 from bench.events import EventTap
 from bench.procs import ROOT, Proc, celery_ready, group_alive, http_ready, pausepoint_cmd
+from bench.services import PG_BASE, REDIS_URL, pg_schema, redis_db, schema_url
 
 if str(ROOT) not in sys.path:  # tests.workflows is imported by the producer runtime too
     sys.path.insert(0, str(ROOT))
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-WORKFLOWS = "tasks.examples,tests.workflows"
+WORKFLOWS = "pausepoint.tasks.examples,tests.workflows"
 AGENT = "bench_agent"
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"redis": {"p50": 10.0, "p99": 50.0}}
@@ -135,16 +134,6 @@ def broker_poll_interval() -> float:
     return float(os.environ.get("PAUSEPOINT_BROKER_POLL_INTERVAL", "0.05"))
 
 
-def _flush_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
 @contextmanager
 def backend(name: str) -> Iterator[Backend]:
     """Fresh store and broker for one backend, removed afterwards."""
@@ -166,26 +155,10 @@ def backend(name: str) -> Iterator[Backend]:
             return
         if name != "redis":
             raise ValueError(f"unknown backend {name!r}")
-        import psycopg
-
-        schema = "bench_" + uuid.uuid4().hex[:12]
-        dsn = PG_BASE.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        _flush_redis()
-        try:
+        with pg_schema("bench") as schema, redis_db() as redis_url:
             yield Backend(
-                name,
-                f"{PG_BASE}?options=-csearch_path%3D{schema}",
-                REDIS_URL,
-                REDIS_URL,
-                tmp,
-                broker_poll_interval(),
+                name, schema_url(schema), redis_url, redis_url, tmp, broker_poll_interval()
             )
-        finally:
-            _flush_redis()
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def free_port() -> int:
@@ -221,8 +194,8 @@ class StorePoller:
     """Reads the events the system wrote, on one held connection (cheap to poll)."""
 
     def __init__(self, store_url: str) -> None:
-        from persistence.engine import normalize_url
-        from persistence.tables import events, runs
+        from pausepoint.persistence.engine import normalize_url
+        from pausepoint.persistence.tables import events, runs
 
         url = normalize_url(store_url)
         if url.startswith("sqlite"):
@@ -275,9 +248,9 @@ def _logs_dir(b: Backend) -> Path:
 def measure_pausepoint(
     b: Backend, n: int, warmup: int, poll: float, gap: float, procs: list[Proc], say: Any
 ) -> dict[str, Any]:
-    from tasks.jobs import forget_runtimes
-    from worker.app import create_app, runtime
-    from worker.settings import Settings
+    from pausepoint.tasks.jobs import forget_runtimes
+    from pausepoint.worker.app import create_app, runtime
+    from pausepoint.worker.settings import Settings
 
     port = free_port()
     env = process_env(b, port)
@@ -385,7 +358,7 @@ def measure_pausepoint(
 
 def _pausepoint_hops(tap: EventTap, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """server_ms split at Celery's task events of each resume's run_step message."""
-    from tasks.jobs import RUN_STEP
+    from pausepoint.tasks.jobs import RUN_STEP
 
     by_run = tap.by_first_arg(RUN_STEP)
     hops: dict[str, list[float]] = {

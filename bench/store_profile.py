@@ -26,7 +26,6 @@ import json
 import sqlite3
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,8 @@ from typing import Any
 
 from sqlalchemy import event
 
-from bench.resume_latency import PG_BASE, RESULTS, summary
+from bench.resume_latency import RESULTS, summary
+from bench.services import pg_schema, schema_url
 
 
 @contextmanager
@@ -44,17 +44,8 @@ def store_url(kind: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="pausepoint-bench-store-") as tmp:
             yield f"sqlite:///{Path(tmp) / 'store.db'}"
         return
-    import psycopg
-
-    schema = "bench_" + uuid.uuid4().hex[:12]
-    dsn = PG_BASE.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with pg_schema("bench") as schema:
+        yield schema_url(schema)
 
 
 class Timeline:
@@ -148,12 +139,12 @@ def commit_probe(url: str, n: int = 200) -> dict[str, Any]:
 
 
 def profile(kind: str, n: int) -> dict[str, Any]:
-    from persistence.store import Store
-    from tasks.llm import ScriptedBackend
-    from tasks.runtime import Runtime
-    from tasks.workflow import registry
+    from pausepoint.persistence.store import Store
+    from pausepoint.tasks.llm import ScriptedBackend
+    from pausepoint.tasks.runtime import Runtime
+    from pausepoint.tasks.workflow import registry
 
-    registry.load(["tasks.examples", "tests.workflows"])
+    registry.load(["pausepoint.tasks.examples", "tests.workflows"])
     with store_url(kind) as url:
         store = Store.from_url(url)
         published: list[tuple[str, int]] = []

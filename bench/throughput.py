@@ -51,8 +51,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +60,11 @@ from sqlalchemy import Engine, create_engine, select
 
 from bench.procs import ROOT, Proc, celery_ready, group_alive, pausepoint_cmd
 from bench.report import Result, Row, Target
+from bench.services import PG_BASE, pg_schema, redis_db
+from bench.services import flush_redis as _redis_flush
+from bench.services import pg_dsn as _pg_dsn
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-WORKFLOWS = "tasks.examples"
+WORKFLOWS = "pausepoint.tasks.examples"
 AGENT = "bench_throughput"
 CONCURRENCY = 2
 # The embedded broker's polling interval (PAUSEPOINT_BROKER_POLL_INTERVAL), both apps.
@@ -135,44 +135,6 @@ class Samples:
 
 
 # ----------------------------------------------------------------- environment
-
-
-def _redis_flush() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def _pg_dsn() -> str:
-    return PG_BASE.replace("postgresql+psycopg://", "postgresql://")
-
-
-@contextmanager
-def pg_schema(prefix: str) -> Iterator[str]:
-    """A fresh, empty Postgres schema, dropped (with all it holds) afterwards."""
-    import psycopg
-
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield schema
-    finally:
-        with psycopg.connect(_pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-@contextmanager
-def redis_db() -> Iterator[str]:
-    _redis_flush()
-    try:
-        yield REDIS_URL
-    finally:
-        _redis_flush()
 
 
 def worker_env(store_url: str, broker_url: str, sink_url: str) -> dict[str, str]:
@@ -326,8 +288,8 @@ class RunWatcher:
     """Reads the runs table on one held connection, as a plain reader (no write lock)."""
 
     def __init__(self, store_url: str) -> None:
-        from persistence.engine import normalize_url
-        from persistence.tables import runs
+        from pausepoint.persistence.engine import normalize_url
+        from pausepoint.persistence.tables import runs
 
         url = normalize_url(store_url)
         kwargs: dict[str, Any] = (
@@ -340,7 +302,7 @@ class RunWatcher:
         self._runs = runs
 
     def finished(self, ids: list[str]) -> int:
-        from persistence.records import FINISHED
+        from pausepoint.persistence.records import FINISHED
 
         r = self._runs
         rows = self.conn.execute(
@@ -368,9 +330,9 @@ def pausepoint_case(
     bench: Bench, label: str, store_url: str, broker_url: str, sizes: Sizes
 ) -> Samples:
     """One worker for this backend; a warm-up batch, then ``repeats`` measured batches."""
-    from tasks.jobs import forget_runtimes
-    from worker.app import create_app, runtime
-    from worker.settings import Settings
+    from pausepoint.tasks.jobs import forget_runtimes
+    from pausepoint.worker.app import create_app, runtime
+    from pausepoint.worker.settings import Settings
 
     say = bench.say
     argv = pausepoint_cmd("worker", "--concurrency", str(CONCURRENCY), "--no-beat")
@@ -762,7 +724,7 @@ def _other_share(row: Row) -> float:
 
 def _inline_note() -> str:
     """How many steps of a run one Celery task may run (PAUSEPOINT_INLINE_STEPS)."""
-    from worker.settings import Settings
+    from pausepoint.worker.settings import Settings
 
     inline = Settings.model_fields.get("inline_steps")
     if inline is None:

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
-from persistence.errors import ConfigurationError
-from persistence.jsonvalues import loads as json_loads
-from persistence.urls import mask_url
+from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.persistence.jsonvalues import loads as json_loads
+from pausepoint.persistence.urls import mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A pooled Postgres connection idle longer than this is pinged before it is used.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from persistence.errors import InvalidInput
+from pausepoint.persistence.errors import InvalidInput
 
 # Deeper than any agent input, tool result or event payload we know of (OpenAI's
 # function-call arguments rarely pass 10); far below where Python's json runs out of stack.

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, or_, select
 
-from persistence.audit import GENESIS
-from persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
-from persistence.jsonvalues import is_unreadable
-from persistence.records import (
+from pausepoint.persistence.audit import GENESIS
+from pausepoint.persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
+from pausepoint.persistence.jsonvalues import is_unreadable
+from pausepoint.persistence.records import (
     PENDING,
     QUEUED,
     RUNNING,
@@ -25,8 +25,16 @@ from persistence.records import (
     RunRecord,
     WaitRecord,
 )
-from persistence.segments import Segments, physical
-from persistence.tables import agents, checkpoints, events, messages, resources, runs, waits
+from pausepoint.persistence.segments import Segments, physical
+from pausepoint.persistence.tables import (
+    agents,
+    checkpoints,
+    events,
+    messages,
+    resources,
+    runs,
+    waits,
+)
 
 log = logging.getLogger("pausepoint.store")
 

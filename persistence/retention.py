@@ -50,12 +50,12 @@ from sqlalchemy import (
     update,
 )
 
-from persistence import queries
-from persistence.audit import canonical, event_record
-from persistence.errors import InvalidInput, StaleVersion
-from persistence.records import FINISHED, NewEvent, RunRecord
-from persistence.store import Store
-from persistence.tables import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.audit import canonical, event_record
+from pausepoint.persistence.errors import InvalidInput, StaleVersion
+from pausepoint.persistence.records import FINISHED, NewEvent, RunRecord
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import (
     checkpoints,
     cleanups,
     deliveries,

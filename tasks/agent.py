@@ -21,10 +21,10 @@ import os
 import socket
 from typing import Any
 
-from persistence.records import ACTIVE, PAUSED, NewEvent, NewMessage, RunRecord
-from persistence.store import Store
-from tasks.llm import LLMBackend, Message, ScriptedBackend
-from tasks.prompt import build_messages
+from pausepoint.persistence.records import ACTIVE, PAUSED, NewEvent, NewMessage, RunRecord
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.llm import LLMBackend, Message, ScriptedBackend
+from pausepoint.tasks.prompt import build_messages
 
 
 def _actor() -> str:

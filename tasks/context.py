@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from persistence.records import AgentRecord, Checkpoint, Claim, NewMessage, WaitRecord
-from persistence.store import Store
-from tasks.llm import LLMBackend, Message
-from tasks.prompt import build_messages
-from tasks.tokens import make_token
+from pausepoint.persistence.records import AgentRecord, Checkpoint, Claim, NewMessage, WaitRecord
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.llm import LLMBackend, Message
+from pausepoint.tasks.prompt import build_messages
+from pausepoint.tasks.tokens import make_token
 
 
 class History:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tasks.context import StepContext
-from tasks.workflow import End, Next, Outcome, Wait, Workflow
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.workflow import End, Next, Outcome, Wait, Workflow
 
 loan = Workflow(
     "loan",

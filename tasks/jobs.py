@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from persistence.errors import ConfigurationError
-from tasks.runtime import Runtime
+from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.tasks.runtime import Runtime
 
 RUN_STEP = "pausepoint.run_step"
 SWEEP = "pausepoint.sweep"

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from persistence.errors import ConfigurationError, LLMError
+from pausepoint.persistence.errors import ConfigurationError, LLMError
 
 __all__ = [
     "LLMBackend",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasks.llm import Message
+from pausepoint.tasks.llm import Message
 
 
 def system_prompt(persona: str, instruction: str, strategy: str) -> str:

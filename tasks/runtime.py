@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from persistence.errors import (
+from pausepoint.persistence.errors import (
     ConfigurationError,
     InvalidInput,
     NotFound,
@@ -30,8 +30,8 @@ from persistence.errors import (
     Retry,
     StaleVersion,
 )
-from persistence.jsonvalues import Unreadable
-from persistence.records import (
+from pausepoint.persistence.jsonvalues import Unreadable
+from pausepoint.persistence.records import (
     CALLBACK,
     COMPLETED,
     FAILED,
@@ -46,12 +46,12 @@ from persistence.records import (
     Transition,
     WaitSpec,
 )
-from persistence.retention import GcReport, Progress, Retention, collect
-from persistence.store import Store
-from tasks.context import StepContext
-from tasks.llm import LLMBackend
-from tasks.tokens import make_token, parse_token
-from tasks.workflow import End, Next, Registry, Step, Wait, Workflow, registry
+from pausepoint.persistence.retention import GcReport, Progress, Retention, collect
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import LLMBackend
+from pausepoint.tasks.tokens import make_token, parse_token
+from pausepoint.tasks.workflow import End, Next, Registry, Step, Wait, Workflow, registry
 
 log = logging.getLogger("pausepoint.runtime")
 

@@ -19,16 +19,17 @@ there is no replay. A step's side effects should be idempotent under
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
-from persistence.errors import ConfigurationError, InvalidInput, WorkflowNotFound
-from persistence.records import APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER
+from pausepoint.persistence.errors import ConfigurationError, InvalidInput, WorkflowNotFound
+from pausepoint.persistence.records import APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER
 
 if TYPE_CHECKING:
-    from tasks.context import StepContext
+    from pausepoint.tasks.context import StepContext
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,9 @@ class Workflow:
         return outcome
 
 
+log = logging.getLogger("pausepoint.workflow")
+
+
 class Registry:
     """Workflows by name. Worker processes fill it by importing workflow modules."""
 
@@ -271,14 +275,32 @@ class Registry:
         return sorted(self._workflows)
 
     def load(self, modules: Iterable[str]) -> None:
-        """Import workflow modules; each registers its workflows as it is imported."""
+        """Import workflow modules; each registers its workflows as it is imported.
+
+        A name from before the ``pausepoint`` namespace (``tasks.examples``) still works
+        when no module of that name exists (a user's own ``tasks`` package wins).
+        """
         for module in modules:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
+                renamed = RENAMED_MODULES.get(module)
+                if renamed is not None and getattr(exc, "name", None) in _prefixes(module):
+                    log.warning("workflow module %r is now %r", module, renamed)
+                    importlib.import_module(renamed)
+                    continue
                 raise ConfigurationError(
                     f"cannot import workflow module {module!r}: {exc}"
                 ) from exc
+
+
+# Workflow modules this project shipped under other names.
+RENAMED_MODULES = {"tasks.examples": "pausepoint.tasks.examples"}
+
+
+def _prefixes(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[: i + 1]) for i in range(len(parts))}
 
 
 registry = Registry()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from persistence.store import Store
-from tasks.context import StepContext
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from tasks.workflow import End, Next, Outcome, Registry, Wait, Workflow
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.workflow import End, Next, Outcome, Registry, Wait, Workflow
 
 # one -> two -> (approval) -> three -> end. Each step appends its name to
 # state["path"] and says one message, so the final state shows which steps

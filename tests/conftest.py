@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from persistence.store import Store
+from pausepoint.persistence.store import Store
 from tests import services
 
 

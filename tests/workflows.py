@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from tasks.context import StepContext
-from tasks.workflow import End, Next, Outcome, Wait, Workflow
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.workflow import End, Next, Outcome, Wait, Workflow
 
 slow = Workflow("slow", description="A step that takes input.sleep seconds on its first attempt.")
 

@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from persistence.audit import to_csv, to_jsonl
-from persistence.errors import (
+from pausepoint.persistence.audit import to_csv, to_jsonl
+from pausepoint.persistence.errors import (
     Conflict,
     Forbidden,
     Gone,
@@ -32,14 +32,14 @@ from persistence.errors import (
     PausepointError,
     Unauthorized,
 )
-from persistence.jsonvalues import json_problem
-from persistence.jsonvalues import parse_json as parse_json_text
-from persistence.records import PENDING, RUN_STATUSES
-from tasks.runtime import Runtime
-from tasks.tokens import parse_token, verify_signature
-from worker.auth import Keyring, Principal
-from worker.serialize import checkpoint_view, plain, run_detail, timeline
-from worker.settings import Settings
+from pausepoint.persistence.jsonvalues import json_problem
+from pausepoint.persistence.jsonvalues import parse_json as parse_json_text
+from pausepoint.persistence.records import PENDING, RUN_STATUSES
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.tokens import parse_token, verify_signature
+from pausepoint.worker.auth import Keyring, Principal
+from pausepoint.worker.serialize import checkpoint_view, plain, run_detail, timeline
+from pausepoint.worker.settings import Settings
 
 
 class PayloadTooLarge(PausepointError):
@@ -130,7 +130,7 @@ Caller = Annotated[Principal, Depends(principal)]
 
 def create_api(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
     """The API on the store and broker that ``settings`` name."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     settings = settings or Settings()
     celery_app = celery_app or create_app(settings)
@@ -359,7 +359,7 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         )
         return {"resumed": [r.id for r in resumed]}
 
-    from worker.web import mount_ui
+    from pausepoint.worker.web import mount_ui
 
     mount_ui(api, rt, keyring)
     return api

@@ -8,14 +8,14 @@ from typing import Any
 
 from celery import Celery
 
-from persistence.errors import ConfigurationError
-from persistence.store import Store
-from persistence.urls import mask_url
-from tasks import jobs
-from tasks.llm import build_backend
-from tasks.runtime import Runtime
-from tasks.workflow import registry
-from worker.settings import Settings
+from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.urls import mask_url
+from pausepoint.tasks import jobs
+from pausepoint.tasks.llm import build_backend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.workflow import registry
+from pausepoint.worker.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Celery:

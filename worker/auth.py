@@ -13,8 +13,8 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from persistence.errors import Forbidden, Unauthorized
-from worker.settings import ApiKey
+from pausepoint.persistence.errors import Forbidden, Unauthorized
+from pausepoint.worker.settings import ApiKey
 
 SESSION_SECONDS = 8 * 3600
 

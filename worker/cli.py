@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
-from persistence.errors import InvalidInput, PausepointError
-from persistence.jsonvalues import parse_json
-from persistence.store import Store
-from worker.serialize import checkpoint_view, plain, run_detail, timeline
-from worker.settings import Settings
+from pausepoint.persistence.errors import InvalidInput, PausepointError
+from pausepoint.persistence.jsonvalues import parse_json
+from pausepoint.persistence.store import Store
+from pausepoint.worker.serialize import checkpoint_view, plain, run_detail, timeline
+from pausepoint.worker.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -118,7 +118,7 @@ def worker(
     queues: Annotated[str | None, typer.Option(help="Queues to consume, comma-separated.")] = None,
 ) -> None:
     """Run a Celery worker that executes agent steps."""
-    from worker.app import create_app
+    from pausepoint.worker.app import create_app
 
     s = settings()
     Store.from_url(s.store_url).close()  # migrate once, before the children start
@@ -144,7 +144,7 @@ def beat_cmd(
     loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
 ) -> None:
     """Run beat alone (production): it schedules the sweeper."""
-    from worker.app import create_app
+    from pausepoint.worker.app import create_app
 
     s = settings()
     Store.from_url(s.store_url).close()
@@ -155,7 +155,7 @@ def beat_cmd(
 @friendly
 def sweep() -> None:
     """Run one sweeper pass now: re-send lost messages, recover dead workers, fire deadlines."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     report = runtime(create_app(settings())).sweep()
     console.print(
@@ -198,7 +198,7 @@ def agents() -> None:
     table = Table(title="Agents", header_style="bold")
     for col in ("name", "persona", "instruction", "strategy", "model"):
         table.add_column(col)
-    from worker.render import short
+    from pausepoint.worker.render import short
 
     for a in open_store().list_agents():
         table.add_row(
@@ -215,7 +215,7 @@ def agents() -> None:
 @friendly
 def workflows() -> None:
     """List the workflows this installation knows."""
-    from tasks.workflow import registry
+    from pausepoint.tasks.workflow import registry
 
     registry.load(settings().workflows)
     for name in registry.names():
@@ -242,7 +242,7 @@ def start(
     ] = None,
 ) -> None:
     """Start a run and queue its first step."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     data = parse_json_object(input, "--input")
     rt = runtime(create_app(settings()))
@@ -267,8 +267,8 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List runs."""
-    from persistence.records import RUN_STATUSES
-    from worker.render import runs_table
+    from pausepoint.persistence.records import RUN_STATUSES
+    from pausepoint.worker.render import runs_table
 
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInput(f"unknown status {status!r}; one of: {', '.join(RUN_STATUSES)}")
@@ -296,7 +296,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
 ) -> None:
     """Show a run: state, conversation, waits and audit trail (or one checkpoint, with --at)."""
-    from worker.render import checkpoint_panel, run_panel
+    from pausepoint.worker.render import checkpoint_panel, run_panel
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
@@ -329,7 +329,7 @@ def history_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
     """List a run's checkpoints: what each changed, what led to it, rollbacks and forks."""
-    from worker.render import history_view
+    from pausepoint.worker.render import history_view
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
@@ -352,7 +352,7 @@ def history_cmd(
 
 
 def _decide(run_id: str, approved: bool, comment: str, by: str | None, data: str | None) -> None:
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     payload = parse_json_object(data, "--data")
     rt = runtime(create_app(settings()))
@@ -415,7 +415,7 @@ def rollback(
 
     Nothing is deleted: the later checkpoints, messages and events stay in the trail.
     """
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     rt = runtime(create_app(settings()))
     run_id = rt.store.resolve_run_id(run_id)
@@ -446,7 +446,7 @@ def fork(
     by: Annotated[str | None, typer.Option(help="Who does it (default: cli:$USER).")] = None,
 ) -> None:
     """Start a new, independent run from a checkpoint of this one; prints the new run's id."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     rt = runtime(create_app(settings()))
     run_id = rt.store.resolve_run_id(run_id)
@@ -471,7 +471,7 @@ def hold(
     by: Annotated[str | None, typer.Option(help="Who does it (default: cli:$USER).")] = None,
 ) -> None:
     """Put a run under legal hold (retention never touches it), or lift the hold."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     rt = runtime(create_app(settings()))
     run_id = rt.store.resolve_run_id(run_id)
@@ -508,9 +508,9 @@ def gc(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-    from persistence.retention import pending_purges
-    from worker.app import create_app, runtime
-    from worker.render import gc_table
+    from pausepoint.persistence.retention import pending_purges
+    from pausepoint.worker.app import create_app, runtime
+    from pausepoint.worker.render import gc_table
 
     rt = runtime(create_app(settings()))
     policies = [rt.retention.default, *rt.retention.workflows.values()]
@@ -606,8 +606,8 @@ def _verify_store(store: Store) -> list[tuple[str, str | None]]:
 
 
 def _verify_archives(path: Path) -> list[tuple[str, str | None]]:
-    from persistence.audit import ExportedEvent, verify_chain
-    from persistence.retention import read_archive
+    from pausepoint.persistence.audit import ExportedEvent, verify_chain
+    from pausepoint.persistence.retention import read_archive
 
     if path.is_dir():
         files = sorted(path.rglob("*.jsonl"))
@@ -670,7 +670,7 @@ def audit_export(
 ) -> None:
     """Write a run's audit trail for auditors: every event with its hashes, so anyone can
     recompute the chain."""
-    from persistence.audit import to_csv, to_jsonl
+    from pausepoint.persistence.audit import to_csv, to_jsonl
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
@@ -703,8 +703,8 @@ def waits() -> None:
     """List pending waits and their deadlines."""
     from rich.table import Table
 
-    from persistence.records import PENDING
-    from worker.render import ago, short, when
+    from pausepoint.persistence.records import PENDING
+    from pausepoint.worker.render import ago, short, when
 
     store = open_store()
     table = Table(title="Pending waits", header_style="bold")
@@ -731,7 +731,7 @@ def callback(
     data: Annotated[str, typer.Option(help="The result, as a JSON value.")] = "{}",
 ) -> None:
     """Deliver a callback by hand (for scripts), the same way POST /callbacks/TOKEN does."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     payload = parse_json(data, "--data")
     rt = runtime(create_app(settings()))
@@ -750,7 +750,7 @@ def event(
     data: Annotated[str | None, typer.Option(help="More payload, as a JSON object.")] = None,
 ) -> None:
     """Publish an event, the same way POST /events/NAME does."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     payload = {**(parse_json_object(data, "--data") or {}), "key": key}
     resumed = runtime(create_app(settings())).publish_event(
@@ -766,7 +766,7 @@ def resource(
     slots: Annotated[int, typer.Option(help="How many runs may hold it at once.", min=0)],
 ) -> None:
     """Create a named capacity, or change its slots."""
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     rt = runtime(create_app(settings()))
     record = rt.store.set_resource(name, slots)
@@ -792,7 +792,7 @@ def api(
     """Serve the HTTP API and the approval page (uvicorn)."""
     import uvicorn
 
-    from worker.api import create_api
+    from pausepoint.worker.api import create_api
 
     s = settings()
     Store.from_url(s.store_url).close()
@@ -814,7 +814,7 @@ def flower(
     port: Annotated[int, typer.Option(help="Port.")] = 5555,
 ) -> None:
     """Serve Flower (Redis/RabbitMQ broker), behind the login in FLOWER_BASIC_AUTH."""
-    from worker.flower import run_flower
+    from pausepoint.worker.flower import run_flower
 
     run_flower(settings(), address, port)
 
@@ -826,8 +826,8 @@ def flower(
 @friendly
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply the schema migrations."""
-    from persistence.engine import make_engine
-    from persistence.migrate import upgrade
+    from pausepoint.persistence.engine import make_engine
+    from pausepoint.persistence.migrate import upgrade
 
     engine = make_engine(settings().store_url)
     try:
@@ -841,8 +841,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 @friendly
 def db_current() -> None:
     """Print the store's schema revision."""
-    from persistence.engine import make_engine
-    from persistence.migrate import current_revision, head_revision
+    from pausepoint.persistence.engine import make_engine
+    from pausepoint.persistence.migrate import current_revision, head_revision
 
     engine = make_engine(settings().store_url)
     try:
@@ -869,7 +869,7 @@ def demo(
     applications: Annotated[int, typer.Option(help="Loan applications to run.", min=3, max=20)] = 5,
 ) -> None:
     """Run the loan demo on the embedded default: a real worker, pauses, approvals, a restart."""
-    from worker.demo import run_demo
+    from pausepoint.worker.demo import run_demo
 
     sys.exit(run_demo(directory, applications, console))
 

@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.rule import Rule
 
-from persistence.errors import PausepointError
-from persistence.records import FINISHED, WAITING, RunRecord
-from persistence.store import Store
-from worker.render import events_table, runs_table
-from worker.settings import Settings
+from pausepoint.persistence.errors import PausepointError
+from pausepoint.persistence.records import FINISHED, WAITING, RunRecord
+from pausepoint.persistence.store import Store
+from pausepoint.worker.render import events_table, runs_table
+from pausepoint.worker.settings import Settings
 
 AGENT = "loan_processor"
 PERSONA = "I am a loan processing assistant for a regional bank."
@@ -58,7 +58,16 @@ class Worker:
     def start(self) -> None:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", "--concurrency", "2", "--loglevel", "INFO"],
+            [
+                sys.executable,
+                "-m",
+                "pausepoint.worker",
+                "worker",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+            ],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -133,7 +142,7 @@ def run_demo(directory: str, count: int, console: Console) -> int:
     settings = Settings(
         store_url=env["PAUSEPOINT_STORE_URL"], broker_url=env["PAUSEPOINT_BROKER_URL"]
     )
-    from worker.app import create_app, runtime
+    from pausepoint.worker.app import create_app, runtime
 
     rt = runtime(create_app(settings))
     store = rt.store
@@ -150,7 +159,11 @@ def run_demo(directory: str, count: int, console: Console) -> int:
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pausepoint.worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if done.returncode != 0:
         raise DemoFailed(f"pausepoint {' '.join(args)} failed: {done.stderr.strip()}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from persistence.errors import ConfigurationError
-from worker.settings import Settings
+from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.worker.settings import Settings
 
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 # Flower reads every FLOWER_* variable as an option; these would open it up.
@@ -52,7 +52,7 @@ def flower_argv(settings: Settings, env: Mapping[str, str], address: str, port: 
 
 def run_flower(settings: Settings, address: str, port: int) -> None:
     """Start Flower in this process (returns when it stops)."""
-    from worker.app import create_app
+    from pausepoint.worker.app import create_app
 
     argv = flower_argv(settings, os.environ, address, port)
     for name in _OPENING_ENV:

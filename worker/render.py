@@ -13,8 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from persistence.records import Checkpoint, Event, Message, RunRecord, WaitRecord
-from persistence.retention import GcReport
+from pausepoint.persistence.records import Checkpoint, Event, Message, RunRecord, WaitRecord
+from pausepoint.persistence.retention import GcReport
 
 STATUS_STYLE = {
     "queued": "cyan",

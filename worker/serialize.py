@@ -6,7 +6,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from typing import Any
 
-from persistence.store import Store
+from pausepoint.persistence.store import Store
 
 
 def plain(value: Any) -> Any:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from persistence.retention import Retention, RetentionPolicy
-from persistence.urls import mask_url
+from pausepoint.persistence.retention import Retention, RetentionPolicy
+from pausepoint.persistence.urls import mask_url
 
 ROLES = ("admin", "producer", "approver", "system", "viewer")
 # Settings holding URLs: shown (repr, str, logs, Flower's Config tab) with credentials masked.
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         description="Celery broker: a SQLite file (embedded), redis://... or amqp://...",
     )
     workflows: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["tasks.examples"],
+        default_factory=lambda: ["pausepoint.tasks.examples"],
         description="Modules to import for workflows, comma-separated.",
     )
     llm: Literal["scripted", "openai"] = Field(

@@ -16,10 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from persistence.errors import Forbidden, PausepointError, Unauthorized
-from persistence.records import APPROVAL, FINISHED, PENDING, RunRecord, WaitRecord
-from tasks.runtime import Runtime
-from worker.auth import SESSION_SECONDS, Keyring, Principal
+from pausepoint.persistence.errors import Forbidden, PausepointError, Unauthorized
+from pausepoint.persistence.records import APPROVAL, FINISHED, PENDING, RunRecord, WaitRecord
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.worker.auth import SESSION_SECONDS, Keyring, Principal
 
 COOKIE = "pausepoint_session"
 

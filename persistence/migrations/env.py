@@ -7,7 +7,7 @@ from typing import Any, Literal
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
-from persistence.tables import UTCDateTime, metadata
+from pausepoint.persistence.tables import UTCDateTime, metadata
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:

@@ -27,18 +27,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from persistence.engine import make_engine
-from persistence.store.agents import AgentsRoom
-from persistence.store.approvals import ApprovalsRoom
-from persistence.store.core import Clock, StoreCore, ensure_json, new_run_id, utcnow
-from persistence.store.deliveries import DeliveriesRoom
-from persistence.store.lineage import LineageRoom
-from persistence.store.reads import ReadsRoom
-from persistence.store.secret import SecretRoom
-from persistence.store.sessions import SessionsRoom
-from persistence.store.steps import StepsRoom
-from persistence.store.sweeper import SweeperRoom
-from persistence.store.waits import TokenHasher
+from pausepoint.persistence.engine import make_engine
+from pausepoint.persistence.store.agents import AgentsRoom
+from pausepoint.persistence.store.approvals import ApprovalsRoom
+from pausepoint.persistence.store.core import Clock, StoreCore, ensure_json, new_run_id, utcnow
+from pausepoint.persistence.store.deliveries import DeliveriesRoom
+from pausepoint.persistence.store.lineage import LineageRoom
+from pausepoint.persistence.store.reads import ReadsRoom
+from pausepoint.persistence.store.secret import SecretRoom
+from pausepoint.persistence.store.sessions import SessionsRoom
+from pausepoint.persistence.store.steps import StepsRoom
+from pausepoint.persistence.store.sweeper import SweeperRoom
+from pausepoint.persistence.store.waits import TokenHasher
 
 __all__ = [
     "Clock",

@@ -6,15 +6,15 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     InvalidInput,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     AgentRecord,
 )
-from persistence.store.core import StoreCore, ensure_json
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore, ensure_json
+from pausepoint.persistence.tables import (
     agents,
 )
 

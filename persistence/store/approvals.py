@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     Forbidden,
     NotWaiting,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     APPROVAL,
     FULFILLED,
     WAITING,
     NewEvent,
     RunRecord,
 )
-from persistence.store.core import StoreCore, ensure_json, resume_changes
+from pausepoint.persistence.store.core import StoreCore, ensure_json, resume_changes
 
 
 class ApprovalsRoom(StoreCore):

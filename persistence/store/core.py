@@ -20,14 +20,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from persistence.audit import event_hash
-from persistence.errors import (
+from pausepoint.persistence.audit import event_hash
+from pausepoint.persistence.errors import (
     Conflict,
     InvalidInput,
     StaleVersion,
 )
-from persistence.jsonvalues import check_json
-from persistence.records import (
+from pausepoint.persistence.jsonvalues import check_json
+from pausepoint.persistence.records import (
     PENDING,
     QUEUED,
     Checkpoint,
@@ -38,15 +38,15 @@ from persistence.records import (
     WaitRecord,
     WaitSpec,
 )
-from persistence.segments import append as append_segments
-from persistence.store.dialect import Dialect, dialect_for
-from persistence.tables import (
+from pausepoint.persistence.segments import append as append_segments
+from pausepoint.persistence.store.dialect import Dialect, dialect_for
+from pausepoint.persistence.tables import (
     checkpoints,
     runs,
     waits,
 )
-from persistence.tables import events as events_table
-from persistence.tables import messages as messages_table
+from pausepoint.persistence.tables import events as events_table
+from pausepoint.persistence.tables import messages as messages_table
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("pausepoint.store")
@@ -94,7 +94,7 @@ class StoreCore:
         self.dialect: Dialect = dialect_for(engine)
 
     def ensure_schema(self) -> None:
-        from persistence.migrate import upgrade
+        from pausepoint.persistence.migrate import upgrade
 
         upgrade(self.engine)
 

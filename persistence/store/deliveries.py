@@ -6,12 +6,12 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     Conflict,
     Gone,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     CALLBACK,
     EVENT,
     FULFILLED,
@@ -21,9 +21,9 @@ from persistence.records import (
     RunRecord,
     WaitRecord,
 )
-from persistence.store.core import StoreCore, ensure_json, resume_changes
-from persistence.store.waits import callback_outcome, event_outcome
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore, ensure_json, resume_changes
+from pausepoint.persistence.store.waits import callback_outcome, event_outcome
+from pausepoint.persistence.tables import (
     deliveries,
     waits,
 )

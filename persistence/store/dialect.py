@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from persistence.records import Claim, NewMessage, RunRecord
+from pausepoint.persistence.records import Claim, NewMessage, RunRecord
 
 
 class Dialect:
@@ -74,9 +74,9 @@ class Dialect:
 def dialect_for(engine: Engine) -> Dialect:
     """The dialect of ``engine``'s database."""
     if engine.dialect.name == "postgresql":
-        from persistence.store.postgres import PostgresDialect
+        from pausepoint.persistence.store.postgres import PostgresDialect
 
         return PostgresDialect(engine)
-    from persistence.store.sqlite import SQLiteDialect
+    from pausepoint.persistence.store.sqlite import SQLiteDialect
 
     return SQLiteDialect()

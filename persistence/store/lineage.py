@@ -8,13 +8,13 @@ from typing import Any
 
 from sqlalchemy import Connection, func, or_, select
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     Conflict,
     Gone,
     InvalidInput,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     CANCELLED_WAIT,
     FULFILLED,
     PENDING,
@@ -28,12 +28,12 @@ from persistence.records import (
     RunRecord,
     WaitRecord,
 )
-from persistence.store.core import StoreCore
-from persistence.store.reads import purged_message
-from persistence.store.resources import hold_slot, release_holds
-from persistence.store.runs import insert_run
-from persistence.store.waits import TokenHasher, open_wait, reopened
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore
+from pausepoint.persistence.store.reads import purged_message
+from pausepoint.persistence.store.resources import hold_slot, release_holds
+from pausepoint.persistence.store.runs import insert_run
+from pausepoint.persistence.store.waits import TokenHasher, open_wait, reopened
+from pausepoint.persistence.tables import (
     checkpoints,
     waits,
 )

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, select
 
-from persistence.errors import StaleVersion
-from persistence.records import (
+from pausepoint.persistence.errors import StaleVersion
+from pausepoint.persistence.records import (
     PENDING,
     QUEUED,
     RUNNING,
@@ -29,8 +29,8 @@ from persistence.records import (
     RunRecord,
     WaitRecord,
 )
-from persistence.store.dialect import Dialect
-from persistence.tables import agents, checkpoints, events, runs, waits
+from pausepoint.persistence.store.dialect import Dialect
+from pausepoint.persistence.tables import agents, checkpoints, events, runs, waits
 
 Processor = Callable[[Any], Any]
 

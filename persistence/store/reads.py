@@ -7,21 +7,21 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from persistence import queries
-from persistence.audit import Finding, verify_chain
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.audit import Finding, verify_chain
+from pausepoint.persistence.errors import (
     Gone,
     NotFound,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     Checkpoint,
     Event,
     Message,
     RunRecord,
     WaitRecord,
 )
-from persistence.store.core import StoreCore
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore
+from pausepoint.persistence.tables import (
     runs,
 )
 

@@ -7,12 +7,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection, insert, select, update
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     InvalidInput,
     NotFound,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     CANCELLED_WAIT,
     FULFILLED,
     PENDING,
@@ -25,8 +25,8 @@ from persistence.records import (
     SweepReport,
     WaitRecord,
 )
-from persistence.store.core import StoreCore, resume_changes, skipping
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore, resume_changes, skipping
+from pausepoint.persistence.tables import (
     resource_holders,
     resources,
     waits,

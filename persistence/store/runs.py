@@ -9,24 +9,24 @@ from typing import Any
 from sqlalchemy import Connection, insert
 from sqlalchemy.exc import IntegrityError
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     Conflict,
     InvalidInput,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     QUEUED,
     Message,
     NewEvent,
     RunRecord,
 )
-from persistence.store.core import StoreCore, chain, ensure_json, new_run_id
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore, chain, ensure_json, new_run_id
+from pausepoint.persistence.tables import (
     checkpoints,
     runs,
 )
-from persistence.tables import events as events_table
-from persistence.tables import messages as messages_table
+from pausepoint.persistence.tables import events as events_table
+from pausepoint.persistence.tables import messages as messages_table
 
 
 class RunsRoom(StoreCore):

@@ -7,8 +7,8 @@ import secrets
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from persistence.store.core import StoreCore
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore
+from pausepoint.persistence.tables import (
     meta,
 )
 

@@ -7,17 +7,17 @@ from typing import Any
 
 from sqlalchemy import select
 
-from persistence import queries
-from persistence.records import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.records import (
     ACTIVE,
     SESSION_WORKFLOW,
     NewEvent,
     NewMessage,
     RunRecord,
 )
-from persistence.store.core import ensure_json
-from persistence.store.runs import RunsRoom
-from persistence.tables import (
+from pausepoint.persistence.store.core import ensure_json
+from pausepoint.persistence.store.runs import RunsRoom
+from pausepoint.persistence.tables import (
     runs,
 )
 

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
-from persistence.engine import READ_ONLY
-from persistence.store.dialect import Dialect
+from pausepoint.persistence.engine import READ_ONLY
+from pausepoint.persistence.store.dialect import Dialect
 
 
 class SQLiteDialect(Dialect):

@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from persistence import queries
-from persistence.errors import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.errors import (
     InvalidInput,
     StaleVersion,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     COMPLETED,
     FAILED,
     FULFILLED,
@@ -27,10 +27,10 @@ from persistence.records import (
     RunRecord,
     Transition,
 )
-from persistence.store.core import StoreCore, ensure_json
-from persistence.store.resources import hold_slot, release_holds
-from persistence.store.waits import open_wait
-from persistence.tables import (
+from pausepoint.persistence.store.core import StoreCore, ensure_json
+from pausepoint.persistence.store.resources import hold_slot, release_holds
+from pausepoint.persistence.store.waits import open_wait
+from pausepoint.persistence.tables import (
     resource_holders,
     runs,
 )

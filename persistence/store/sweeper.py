@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
-from persistence import queries
-from persistence.records import (
+from pausepoint.persistence import queries
+from pausepoint.persistence.records import (
     EXPIRED,
     FAILED,
     FULFILLED,
@@ -20,9 +20,9 @@ from persistence.records import (
     SweepReport,
     WaitRecord,
 )
-from persistence.store.core import log, resume_changes, skipping
-from persistence.store.resources import ResourcesRoom, release_holds
-from persistence.tables import (
+from pausepoint.persistence.store.core import log, resume_changes, skipping
+from pausepoint.persistence.store.resources import ResourcesRoom, release_holds
+from pausepoint.persistence.tables import (
     runs,
     waits,
 )

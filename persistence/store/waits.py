@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from persistence.errors import (
+from pausepoint.persistence.errors import (
     InvalidInput,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     CALLBACK,
     EVENT,
     FULFILLED,
@@ -23,8 +23,8 @@ from persistence.records import (
     WaitRecord,
     WaitSpec,
 )
-from persistence.store.resources import take_slot
-from persistence.tables import (
+from pausepoint.persistence.store.resources import take_slot
+from pausepoint.persistence.tables import (
     deliveries,
     waits,
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from sqlalchemy import event, text
 
-from persistence import engine as engine_module
-from persistence.engine import make_engine
+from pausepoint.persistence import engine as engine_module
+from pausepoint.persistence.engine import make_engine
 from tests import services
 
 

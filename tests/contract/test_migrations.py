@@ -6,10 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from persistence.engine import make_engine
-from persistence.migrate import current_revision, head_revision, upgrade
-from persistence.store import Store
-from persistence.tables import metadata
+from pausepoint.persistence.engine import make_engine
+from pausepoint.persistence.migrate import current_revision, head_revision, upgrade
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import metadata
 
 
 def test_migrations_match_the_models(store_url: str) -> None:
@@ -42,7 +42,7 @@ def test_0005_keeps_the_audit_trail_across_the_hash_format_change(store_url: str
     from alembic import command
     from sqlalchemy import text
 
-    from persistence.migrate import alembic_config
+    from pausepoint.persistence.migrate import alembic_config
     from tests.chain import Driver
 
     store = Store.from_url(store_url)

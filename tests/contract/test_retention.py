@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from persistence.audit import ExportedEvent, verify_chain
-from persistence.errors import Gone, InvalidInput
-from persistence.records import COMPLETED, FAILED, QUEUED, RUNNING, WAITING
-from persistence.retention import (
+from pausepoint.persistence.audit import ExportedEvent, verify_chain
+from pausepoint.persistence.errors import Gone, InvalidInput
+from pausepoint.persistence.records import COMPLETED, FAILED, QUEUED, RUNNING, WAITING
+from pausepoint.persistence.retention import (
     PURGED,
     Retention,
     RetentionPolicy,
@@ -25,8 +25,8 @@ from persistence.retention import (
     collect,
     read_archive,
 )
-from persistence.store import Store
-from persistence.tables import (
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import (
     ALL_TABLES,
     checkpoints,
     cleanups,

@@ -12,12 +12,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from persistence.errors import Conflict, Gone, InvalidInput, NotFound, NotWaiting
-from persistence.records import CANCELLED_WAIT, COMPLETED, PENDING, QUEUED, RUNNING, WAITING
-from persistence.store import Store
-from persistence.tables import events, messages, waits
+from pausepoint.persistence.errors import Conflict, Gone, InvalidInput, NotFound, NotWaiting
+from pausepoint.persistence.records import (
+    CANCELLED_WAIT,
+    COMPLETED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    WAITING,
+)
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import events, messages, waits
+from pausepoint.worker.serialize import checkpoint_view, timeline
 from tests.chain import Driver
-from worker.serialize import checkpoint_view, timeline
 
 
 @pytest.fixture
@@ -165,7 +172,7 @@ def test_rollback_reopens_a_callback_wait_with_a_new_token(d: Driver) -> None:
     # The old token is spent; the reopened wait answers to a token for the new checkpoint.
     with pytest.raises(Conflict):
         d.rt.deliver_callback(first_token, {"amount": 2})
-    from tasks.tokens import make_token
+    from pausepoint.tasks.tokens import make_token
 
     token = make_token(d.rt.secret, run_id, back.seq, "bank").token
     outcome, _ = d.rt.deliver_callback(token, {"amount": 2})
@@ -328,7 +335,7 @@ def test_reordered_events_are_found(d: Driver) -> None:
 
 
 def test_an_event_rewritten_with_a_recomputed_hash_breaks_the_next_link(d: Driver) -> None:
-    from persistence.audit import event_hash
+    from pausepoint.persistence.audit import event_hash
 
     run_id = d.start()
     e = d.store.events(run_id)[1]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from persistence.audit import event_hash
-from persistence.errors import (
+from pausepoint.persistence.audit import event_hash
+from pausepoint.persistence.errors import (
     AgentNotFound,
     Conflict,
     InvalidInput,
@@ -20,7 +20,7 @@ from persistence.errors import (
     RunNotFound,
     StaleVersion,
 )
-from persistence.records import (
+from pausepoint.persistence.records import (
     APPROVAL,
     COMPLETED,
     EXPIRED,
@@ -35,8 +35,8 @@ from persistence.records import (
     Transition,
     WaitSpec,
 )
-from persistence.store import Store
-from persistence.tables import checkpoints, events, messages, runs, waits
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import checkpoints, events, messages, runs, waits
 
 
 class Clock:

@@ -17,12 +17,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-import persistence.store as store_package
-from persistence.records import COMPLETED, QUEUED, RUNNING, NewEvent, NewMessage, Transition
-from persistence.store import Store
-from persistence.store.postgres import PostgresDialect
-from persistence.store.sqlite import SQLiteDialect
-from persistence.tables import checkpoints, events, messages, runs
+import pausepoint.persistence.store as store_package
+from pausepoint.persistence.records import (
+    COMPLETED,
+    QUEUED,
+    RUNNING,
+    NewEvent,
+    NewMessage,
+    Transition,
+)
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.store.postgres import PostgresDialect
+from pausepoint.persistence.store.sqlite import SQLiteDialect
+from pausepoint.persistence.tables import checkpoints, events, messages, runs
 
 WHERE = {
     "save_agent": "agents",
@@ -53,7 +60,7 @@ def test_each_operation_lives_in_the_room_named_for_it() -> None:
     for name, room in WHERE.items():
         module = inspect.getmodule(getattr(Store, name))
         assert module is not None
-        assert module.__name__ == f"persistence.store.{room}", (name, module.__name__)
+        assert module.__name__ == f"pausepoint.persistence.store.{room}", (name, module.__name__)
 
 
 def test_no_module_of_the_store_is_over_500_lines() -> None:

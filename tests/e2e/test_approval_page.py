@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from persistence.records import APPROVAL, COMPLETED, WAITING
+from pausepoint.persistence.records import APPROVAL, COMPLETED, WAITING
 from tests.e2e.browser import chromium_page
 from tests.integration import conftest as integration
 from tests.integration.conftest import Cluster
@@ -415,7 +415,7 @@ def hostile_site(target: str) -> Iterator[int]:
 
 
 def test_a_decision_without_the_sessions_csrf_token_changes_nothing(cluster: Cluster) -> None:
-    from worker.auth import Keyring, Principal
+    from pausepoint.worker.auth import Keyring, Principal
 
     cluster.worker("w1")
     api = cluster.api()

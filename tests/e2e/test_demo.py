@@ -24,7 +24,7 @@ def test_demo_finishes_every_run_and_leaves_no_process(tmp_path: Path) -> None:
         "COLUMNS": "120",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "pausepoint.worker", "demo", "--dir", str(tmp_path / "demo")],
         cwd=tmp_path,
         env=env,
         capture_output=True,

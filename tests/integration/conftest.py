@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from persistence.records import RunRecord
-from persistence.store import Store
-from tasks.jobs import forget_runtimes
-from tasks.runtime import Runtime
+from pausepoint.persistence.records import RunRecord
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.jobs import forget_runtimes
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.worker.app import create_app, runtime
+from pausepoint.worker.settings import Settings
 from tests import services
-from worker.app import create_app, runtime
-from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ class ApiProcess:
     def start(self, timeout: float = 30.0) -> ApiProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "api"],
+                [sys.executable, "-m", "pausepoint.worker", "api"],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,
@@ -216,7 +216,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             "PYTHONPATH": str(ROOT),
             "PAUSEPOINT_STORE_URL": store_url,
             "PAUSEPOINT_BROKER_URL": broker_url,
-            "PAUSEPOINT_WORKFLOWS": "tasks.examples,tests.workflows",
+            "PAUSEPOINT_WORKFLOWS": "pausepoint.tasks.examples,tests.workflows",
             "PAUSEPOINT_LLM": "scripted",
             "PAUSEPOINT_SWEEP_INTERVAL": "0.5",
             "PAUSEPOINT_REDELIVER_AFTER": "3",
@@ -230,7 +230,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         settings = Settings(
             store_url=store_url,
             broker_url=broker_url,
-            workflows=["tasks.examples", "tests.workflows"],
+            workflows=["pausepoint.tasks.examples", "tests.workflows"],
             redeliver_after=3,
             lease_seconds=4,
             resources={"gpu": 2},

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from persistence.records import COMPLETED, FINISHED, QUEUED, WAITING
-from persistence.store import utcnow
-from persistence.tables import (
+from pausepoint.persistence.records import COMPLETED, FINISHED, QUEUED, WAITING
+from pausepoint.persistence.store import utcnow
+from pausepoint.persistence.tables import (
     checkpoints,
     deliveries,
     events,
@@ -32,7 +32,7 @@ from persistence.tables import (
     runs,
     waits,
 )
-from tasks.tokens import sign
+from pausepoint.tasks.tokens import sign
 from tests.integration.conftest import CALLBACK_SECRETS, Cluster
 
 pytestmark = pytest.mark.integration

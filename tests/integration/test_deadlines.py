@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from persistence.records import COMPLETED, FAILED, FINISHED, WAITING
+from pausepoint.persistence.records import COMPLETED, FAILED, FINISHED, WAITING
 from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration

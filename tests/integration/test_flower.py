@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from persistence.records import FINISHED
+from pausepoint.persistence.records import FINISHED
 from tests.integration.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_flower_needs_a_login_and_lists_every_step_of_a_run(cluster: Cluster) ->
     }
     log = (cluster.tmp / "flower.log").open("wb")
     flower = subprocess.Popen(
-        [sys.executable, "-m", "worker", "flower", f"--port={port}"],
+        [sys.executable, "-m", "pausepoint.worker", "flower", f"--port={port}"],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -20,12 +20,13 @@ import venv
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from persistence.records import COMPLETED
-from persistence.store import Store
+from pausepoint.persistence.records import COMPLETED
+from pausepoint.persistence.store import Store
 from tests import services
 from tests.integration.conftest import ROOT, free_port
 
@@ -141,12 +142,23 @@ class Process:
         self.proc.wait(10)
 
 
-def _run_noop_with_a_worker(bin_dir: Path, tmp: Path, store_url: str, broker_url: str) -> None:
+def _run_noop_with_a_worker(
+    bin_dir: Path,
+    tmp: Path,
+    store_url: str,
+    broker_url: str,
+    *,
+    workflow: str = "noop",
+    run_input: str = '{"steps": 3}',
+    **settings: str,
+) -> Any:
+    """Start a worker of this install, run ``workflow`` to its end; the run's result."""
     env = _clean_env(
         tmp,
         PAUSEPOINT_STORE_URL=store_url,
         PAUSEPOINT_BROKER_URL=broker_url,
         PAUSEPOINT_SWEEP_INTERVAL="0.5",
+        **settings,
     )
     worker = Process(
         [str(bin_dir / "pausepoint"), "worker", "--no-beat", "--concurrency", "1"],
@@ -167,7 +179,7 @@ def _run_noop_with_a_worker(bin_dir: Path, tmp: Path, store_url: str, broker_url
         )
         assert agent.returncode == 0, agent.stderr
         started = subprocess.run(
-            [*cli, "start", "noop", "--agent", "a1", "--input", '{"steps": 3}'],
+            [*cli, "start", workflow, "--agent", "a1", "--input", run_input],
             env=env,
             cwd=tmp,
             capture_output=True,
@@ -182,12 +194,13 @@ def _run_noop_with_a_worker(bin_dir: Path, tmp: Path, store_url: str, broker_url
             while (run := store.get_run(run_id)).status != COMPLETED:
                 assert time.monotonic() < deadline, f"{run.status}:\n{worker.text()}"
                 time.sleep(0.2)
-            assert run.seq >= 3, run
+            assert run.seq >= 1, run
         finally:
             store.close()
     finally:
         worker.stop()
     assert "Traceback" not in worker.text(), worker.text()
+    return run.result
 
 
 @pytest.fixture
@@ -266,3 +279,45 @@ def test_an_install_without_the_redis_extra_names_it(
     assert proc.returncode == 1, proc.stderr
     assert "pip install 'pausepoint[redis]'" in proc.stderr
     assert "Traceback" not in proc.stderr and ":pw@" not in proc.stderr
+
+
+USER_TASKS = """
+# A user's own module named `tasks`, as Celery projects name them.
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.workflow import End, Outcome, Workflow
+
+greet = Workflow("greet", description="A user's workflow in the user's tasks.py.")
+
+
+@greet.step
+def hello(ctx: StepContext) -> Outcome:
+    return End({"hello": ctx.input["name"], "module": __name__})
+"""
+
+
+def test_a_users_own_tasks_module_runs_beside_the_install(
+    installs: dict[str, Path], tmp_path: Path, redis_broker: str
+) -> None:
+    # The user's project has top-level modules named like our three folders. Before the
+    # `pausepoint` namespace, ours were installed under those names and shadowed theirs.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tasks.py").write_text(USER_TASKS)
+    for name in ("worker", "persistence"):
+        (project / f"{name}.py").write_text(
+            f"raise RuntimeError('pausepoint imported the user\\'s own {name}.py')\n"
+        )
+    result = _run_noop_with_a_worker(
+        installs["redis"],
+        project,
+        f"sqlite:///{tmp_path / 'store.db'}",
+        redis_broker,
+        workflow="greet",
+        run_input='{"name": "Ada"}',
+        PAUSEPOINT_WORKFLOWS="tasks",
+        PYTHONPATH=str(project),
+    )
+    assert result == {"hello": "Ada", "module": "tasks"}
+    site = next((installs["redis"].parent / "lib").glob("python3*/site-packages"))
+    assert not any((site / name).exists() for name in ("tasks", "worker", "persistence"))
+    assert (site / "pausepoint" / "tasks" / "workflow.py").is_file()

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from persistence.records import FINISHED, WAITING
-from tasks.jobs import forget_runtimes
+from pausepoint.persistence.records import FINISHED, WAITING
+from pausepoint.tasks.jobs import forget_runtimes
+from pausepoint.worker.app import create_app, runtime
+from pausepoint.worker.settings import Settings
 from tests.integration.conftest import ROOT, Cluster
 from tests.openai_server import OpenAIServer
-from worker.app import create_app, runtime
-from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 

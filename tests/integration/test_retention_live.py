@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from persistence.audit import ExportedEvent, verify_chain
-from persistence.errors import Gone
-from persistence.records import (
+from pausepoint.persistence.audit import ExportedEvent, verify_chain
+from pausepoint.persistence.errors import Gone
+from pausepoint.persistence.records import (
     APPROVAL,
     COMPLETED,
     FAILED,
@@ -32,9 +32,9 @@ from persistence.records import (
     Transition,
     WaitSpec,
 )
-from persistence.retention import PURGED, read_archive
-from persistence.store import Store
-from persistence.tables import checkpoints, deliveries, events, messages, runs, waits
+from pausepoint.persistence.retention import PURGED, read_archive
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import checkpoints, deliveries, events, messages, runs, waits
 from tests.integration.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def orphans(store: Store) -> int:
 
 
 def gc_command(cluster: Cluster, archive: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "worker", "gc", *args]
+    return [sys.executable, "-m", "pausepoint.worker", "gc", *args]
 
 
 def gc_env(cluster: Cluster, archive: Path) -> dict[str, str]:

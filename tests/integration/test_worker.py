@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from persistence.records import COMPLETED, FINISHED, RUNNING, WAITING
-from persistence.tables import checkpoints, messages
-from tasks.jobs import RUN_STEP
+from pausepoint.persistence.records import COMPLETED, FINISHED, RUNNING, WAITING
+from pausepoint.persistence.tables import checkpoints, messages
+from pausepoint.tasks.jobs import RUN_STEP
 from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration

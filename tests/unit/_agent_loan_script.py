@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from tasks.agent import Agent, AgentPersistence
+from pausepoint.tasks.agent import Agent, AgentPersistence
 
 PERSONA = "I am a loan processing assistant..."
 INSTRUCTION = "Follow strict compliance guidelines..."

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-import tasks.examples  # noqa: F401  (registers the loan workflow)
-from persistence.errors import StaleVersion
-from persistence.records import ACTIVE, COMPLETED, PAUSED, SESSION_WORKFLOW, WAITING
-from persistence.store import Store
-from tasks.agent import Agent, AgentPersistence
-from tasks.llm import ScriptedBackend
-from tasks.prompt import system_prompt
-from tasks.runtime import Runtime
+import pausepoint.tasks.examples  # noqa: F401  (registers the loan workflow)
+from pausepoint.persistence.errors import StaleVersion
+from pausepoint.persistence.records import ACTIVE, COMPLETED, PAUSED, SESSION_WORKFLOW, WAITING
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.agent import Agent, AgentPersistence
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.prompt import system_prompt
+from pausepoint.tasks.runtime import Runtime
 
 SCRIPT = Path(__file__).with_name("_agent_loan_script.py")
 PERSONA = "I am a loan processing assistant..."

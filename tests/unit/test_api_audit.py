@@ -27,7 +27,7 @@ from httpx import Response
 from pydantic import SecretStr
 from sqlalchemy import select, text
 
-from persistence.audit import (
+from pausepoint.persistence.audit import (
     EXPORT_FIELDS,
     ExportedEvent,
     canonical,
@@ -35,17 +35,17 @@ from persistence.audit import (
     event_record,
     verify_chain,
 )
-from persistence.records import COMPLETED, QUEUED, RUNNING, WAITING
-from persistence.retention import Retention, RetentionPolicy, collect
-from persistence.store import Store
-from persistence.tables import metadata
-from tasks import examples  # noqa: F401  (registers loan)
-from tasks.jobs import FACTORY_KEY, forget_runtimes
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from worker.api import create_api
-from worker.serialize import plain
-from worker.settings import ApiKey, Settings
+from pausepoint.persistence.records import COMPLETED, QUEUED, RUNNING, WAITING
+from pausepoint.persistence.retention import Retention, RetentionPolicy, collect
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import metadata
+from pausepoint.tasks import examples  # noqa: F401  (registers loan)
+from pausepoint.tasks.jobs import FACTORY_KEY, forget_runtimes
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.worker.api import create_api
+from pausepoint.worker.serialize import plain
+from pausepoint.worker.settings import ApiKey, Settings
 
 ROOT = "key-root"  # admin
 ALICE = "key-alice"  # approver, group underwriters

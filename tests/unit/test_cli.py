@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-import tasks.examples  # noqa: F401  (registers the loan and noop workflows)
-from persistence.migrate import head_revision
-from persistence.records import (
+import pausepoint.tasks.examples  # noqa: F401  (registers the loan and noop workflows)
+from pausepoint.persistence.migrate import head_revision
+from pausepoint.persistence.records import (
     APPROVAL,
     COMPLETED,
     FULFILLED,
@@ -35,9 +35,9 @@ from persistence.records import (
     Transition,
     WaitSpec,
 )
-from persistence.store import Store
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
 
 TABLES = (
     "agents",
@@ -98,7 +98,7 @@ class Cli:
 
     def __call__(self, *args: str, **env: str) -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "worker", *args],
+            [sys.executable, "-m", "pausepoint.worker", *args],
             cwd=self.dir,
             env=self.env(**env),
             capture_output=True,

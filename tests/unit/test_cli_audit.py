@@ -27,16 +27,16 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import tasks.examples  # noqa: F401  (registers the loan workflow)
-import worker.cli as cli_module
-from persistence.audit import EXPORT_FIELDS, ExportedEvent, verify_chain
-from persistence.records import COMPLETED, QUEUED, RUNNING, WAITING
-from persistence.store import Store
-from tasks import jobs
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
+import pausepoint.tasks.examples  # noqa: F401  (registers the loan workflow)
+import pausepoint.worker.cli as cli_module
+from pausepoint.persistence.audit import EXPORT_FIELDS, ExportedEvent, verify_chain
+from pausepoint.persistence.records import COMPLETED, QUEUED, RUNNING, WAITING
+from pausepoint.persistence.store import Store
+from pausepoint.tasks import jobs
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.worker.serialize import checkpoint_view
 from tests.unit.test_cli import LOAN_TASK, UNKNOWN_RUN, Cli, Result, assert_refused
-from worker.serialize import checkpoint_view
 
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 # rich's table and panel borders (U+2500 to U+257F).
@@ -593,7 +593,7 @@ def test_gc_without_a_policy_says_there_is_nothing_to_do(home: Home) -> None:
 
 def _script(home: Home, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "pausepoint.worker", *args],
         cwd=home.dir,
         env=home.env(CI="true", **env),
         stdin=subprocess.DEVNULL,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from persistence.records import QUEUED, WAITING
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
+from pausepoint.persistence.records import QUEUED, WAITING
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
 from tests import workflows  # noqa: F401  (payment, order)
 from tests.unit.test_cli import Cli, assert_ok, assert_refused
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class WaitCli(Cli):
     def env(self, **overrides: str) -> dict[str, str]:
         return super().env(
-            PAUSEPOINT_WORKFLOWS="tasks.examples,tests.workflows",
+            PAUSEPOINT_WORKFLOWS="pausepoint.tasks.examples,tests.workflows",
             PYTHONPATH=str(ROOT),
             **overrides,
         )

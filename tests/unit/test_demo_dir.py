@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from persistence.errors import PausepointError
-from worker.demo import MARKER, prepare_dir
+from pausepoint.persistence.errors import PausepointError
+from pausepoint.worker.demo import MARKER, prepare_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSEPOINT_")}
     return subprocess.run(
-        [sys.executable, "-m", "worker", "demo", *args],
+        [sys.executable, "-m", "pausepoint.worker", "demo", *args],
         cwd=cwd,
         env=env | {"PYTHONPATH": str(ROOT)},
         capture_output=True,

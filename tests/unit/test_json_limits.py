@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from persistence.errors import InvalidInput
-from persistence.jsonvalues import MAX_DEPTH, Unreadable, check_json, parse_json
-from persistence.records import COMPLETED, FAILED, QUEUED
-from persistence.store import Store
-from tasks.context import StepContext
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from tasks.workflow import End, Outcome, Registry, Workflow
+from pausepoint.persistence.errors import InvalidInput
+from pausepoint.persistence.jsonvalues import MAX_DEPTH, Unreadable, check_json, parse_json
+from pausepoint.persistence.records import COMPLETED, FAILED, QUEUED
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.workflow import End, Outcome, Registry, Workflow
 from tests.unit.test_api_audit import Env, env  # noqa: F401  (the in-process API fixture)
 from tests.workflows import payment
 
@@ -142,7 +142,7 @@ def test_decision_event_and_callback_payloads_are_bounded(env: Env) -> None:  # 
 
 
 def _parked_payment_url(e: Env) -> str:
-    from tasks.workflow import registry
+    from pausepoint.tasks.workflow import registry
 
     if "payment" not in registry.names():
         registry.register(payment)

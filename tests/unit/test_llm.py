@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from persistence.errors import ConfigurationError, LLMError
-from tasks.llm import (
+from pausepoint.persistence.errors import ConfigurationError, LLMError
+from pausepoint.tasks.llm import (
     LLMBackend,
     Message,
     OpenAIBackend,

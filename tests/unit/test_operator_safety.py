@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persistence.errors import ConfigurationError
-from persistence.urls import mask_url
-from worker.app import check_broker_url
-from worker.flower import basic_auth, flower_argv
-from worker.settings import Settings
+from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.persistence.urls import mask_url
+from pausepoint.worker.app import check_broker_url
+from pausepoint.worker.flower import basic_auth, flower_argv
+from pausepoint.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_flower_refuses_to_start_without_a_login() -> None:
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PAUSEPOINT_", "FLOWER_"))}
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "pausepoint.worker", *args],
         cwd=ROOT,
         env=base | env,
         capture_output=True,

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from persistence.errors import AgentNotFound, InvalidInput, Retry, WorkflowNotFound
-from persistence.records import COMPLETED, FAILED, QUEUED, WAITING
-from persistence.store import Store
-from persistence.tables import checkpoints, events, messages, runs
-from tasks import examples  # noqa: F401  (registers loan and noop)
-from tasks.context import StepContext
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from tasks.workflow import End, Next, Outcome, Registry, Wait, Workflow, registry
+from pausepoint.persistence.errors import AgentNotFound, InvalidInput, Retry, WorkflowNotFound
+from pausepoint.persistence.records import COMPLETED, FAILED, QUEUED, WAITING
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import checkpoints, events, messages, runs
+from pausepoint.tasks import examples  # noqa: F401  (registers loan and noop)
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.workflow import End, Next, Outcome, Registry, Wait, Workflow, registry
 
 
 class Clock:
@@ -454,8 +454,8 @@ def test_one_heartbeat_thread_renews_every_running_step_until_it_ends() -> None:
     import time as _time
     from types import SimpleNamespace
 
-    from persistence.errors import StaleVersion
-    from tasks.runtime import _heartbeats
+    from pausepoint.persistence.errors import StaleVersion
+    from pausepoint.tasks.runtime import _heartbeats
 
     calls: list[str] = []
 
@@ -491,7 +491,7 @@ def test_a_chained_step_with_part_of_its_lease_left_is_renewed_at_once() -> None
     import time as _time
     from types import SimpleNamespace
 
-    from tasks.runtime import _heartbeats
+    from pausepoint.tasks.runtime import _heartbeats
 
     renewed: list[float] = []
     start = datetime.now(timezone.utc)

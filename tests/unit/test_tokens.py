@@ -7,10 +7,10 @@ import secrets
 import pytest
 from pydantic import SecretStr
 
-from persistence.errors import Forbidden, Unauthorized
-from tasks.tokens import make_token, parse_token, sign, token_hash, verify_signature
-from worker.auth import Keyring
-from worker.settings import ApiKey, Settings
+from pausepoint.persistence.errors import Forbidden, Unauthorized
+from pausepoint.tasks.tokens import make_token, parse_token, sign, token_hash, verify_signature
+from pausepoint.worker.auth import Keyring
+from pausepoint.worker.settings import ApiKey, Settings
 
 SECRET = secrets.token_bytes(32)
 RUN = "0123456789abcdef0123456789abcdef"

@@ -7,14 +7,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from persistence.errors import Conflict, Forbidden, Gone, NotFound
-from persistence.records import COMPLETED, FAILED, QUEUED, WAITING
-from persistence.store import Store
-from tasks.context import StepContext
-from tasks.llm import ScriptedBackend
-from tasks.runtime import Runtime
-from tasks.tokens import parse_token
-from tasks.workflow import End, Outcome, Registry, Wait, Workflow, registry
+from pausepoint.persistence.errors import Conflict, Forbidden, Gone, NotFound
+from pausepoint.persistence.records import COMPLETED, FAILED, QUEUED, WAITING
+from pausepoint.persistence.store import Store
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.tokens import parse_token
+from pausepoint.tasks.workflow import End, Outcome, Registry, Wait, Workflow, registry
 from tests import workflows  # noqa: F401  (payment, order, gpu)
 
 
