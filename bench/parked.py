@@ -687,7 +687,7 @@ def start_worker(kind: Kind, logs: Path) -> Proc:
     )
     log = logs / f"parked-{kind.name}-worker.log"
     log.unlink(missing_ok=True)
-    return Proc(f"pausepoint worker ({kind.name})", argv, env, log)
+    return Proc(f"pausepoint worker ({kind.name})", argv, env, log, cwd=ROOT)
 
 
 # -------------------------------------------------------------------- a store

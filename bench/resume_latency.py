@@ -269,8 +269,15 @@ def measure_pausepoint(
         ),
         env,
         logs / f"{b.name}-pausepoint-worker.log",
+        cwd=ROOT,
     )
-    api = Proc("pausepoint api", pausepoint_cmd("api"), env, logs / f"{b.name}-pausepoint-api.log")
+    api = Proc(
+        "pausepoint api",
+        pausepoint_cmd("api"),
+        env,
+        logs / f"{b.name}-pausepoint-api.log",
+        cwd=ROOT,
+    )
     for p in (worker, api):
         p.log.unlink(missing_ok=True)
     procs += [worker, api]
@@ -467,6 +474,7 @@ def measure_baseline(
         ],
         env,
         log,
+        cwd=ROOT,
     )
     procs.append(worker)
     worker.start(celery_ready)

@@ -174,7 +174,7 @@ class Bench:
     ) -> Proc:
         log = self.logs / f"throughput-{_slug(label)}.log"
         log.unlink(missing_ok=True)
-        proc = Proc(label, argv, env, log)
+        proc = Proc(label, argv, env, log, cwd=ROOT)
         self.procs.append(proc)
         proc.start(ready)
         return proc

@@ -10,7 +10,6 @@ every run from its last checkpoint.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from rich.rule import Rule
 from pausepoint.persistence.errors import PausepointError
 from pausepoint.persistence.records import FINISHED, WAITING, RunRecord
 from pausepoint.persistence.store import Store
+from pausepoint.worker.procs import Proc
 from pausepoint.worker.render import events_table, runs_table
 from pausepoint.worker.settings import Settings
 
@@ -45,55 +45,6 @@ APPLICATIONS = [
 
 class DemoFailed(PausepointError):
     """The demo did not get where it expected to."""
-
-
-class Worker:
-    """A `pausepoint worker` child process in its own process group."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pausepoint.worker",
-                "worker",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "INFO",
-            ],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = os.getpgid(self.proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait()
-        # Prefork children and the embedded beat share the group: make sure none is left.
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 # A folder the demo made holds this file; only such a folder is ever reused.
@@ -146,7 +97,12 @@ def run_demo(directory: str, count: int, console: Console) -> int:
 
     rt = runtime(create_app(settings))
     store = rt.store
-    worker = Worker(env, base / "worker.log")
+    worker = Proc(
+        "pausepoint worker",
+        [sys.executable, "-m", "pausepoint.worker", "worker", "--concurrency", "2"],
+        env,
+        base / "worker.log",
+    )
     started = time.monotonic()
     try:
         return _script(console, env, store, rt.start, worker, count, started)
@@ -195,7 +151,7 @@ def _script(
     env: dict[str, str],
     store: Store,
     start: Callable[..., RunRecord],
-    worker: Worker,
+    worker: Proc,
     count: int,
     started: float,
 ) -> int:
@@ -245,7 +201,7 @@ def _script(
     console.print(
         "4. [bold red]the worker is stopped[/] while the other runs wait (a wait holds no worker)"
     )
-    worker.stop()
+    worker.stop(grace=20)
     assert not worker.alive
     console.print("5. decisions arrive while no worker runs: they are stored and queued")
     expected = {first: "approved"}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from pausepoint.persistence.records import RunRecord
@@ -22,79 +19,41 @@ from pausepoint.persistence.store import Store
 from pausepoint.tasks.jobs import forget_runtimes
 from pausepoint.tasks.runtime import Runtime
 from pausepoint.worker.app import create_app, runtime
+from pausepoint.worker.procs import Proc, celery_ready, http_ready
 from pausepoint.worker.settings import Settings
 from tests import services
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class WorkerProcess:
+class WorkerProcess(Proc):
     """`pausepoint worker` in its own process group, logging to a file."""
 
     def __init__(self, env: dict[str, str], log: Path, name: str, beat: bool) -> None:
-        self.env, self.log, self.name, self.beat = env, log, name, beat
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._offset = 0
+        argv = [
+            sys.executable,
+            "-m",
+            "pausepoint.worker",
+            "worker",
+            "--concurrency",
+            "2",
+            "--hostname",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+            "--beat" if beat else "--no-beat",
+        ]
+        super().__init__(name, argv, env, log, cwd=ROOT)
+        self.beat = beat
 
-    def start(self, timeout: float = 30.0) -> WorkerProcess:
-        self._offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "worker",
-                    "worker",
-                    "--concurrency",
-                    "2",
-                    "--hostname",
-                    f"{self.name}@%h",
-                    "--loglevel",
-                    "INFO",
-                    "--beat" if self.beat else "--no-beat",
-                ],
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited:\n{self.tail()}")
-            if b" ready." in self.log.read_bytes()[self._offset :]:
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.tail()}")
+    def start(  # type: ignore[override]
+        self, ready: Callable[[Proc], bool] | None = celery_ready, timeout: float = 30.0
+    ) -> WorkerProcess:
+        super().start(ready, timeout)
+        return self
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no warm shutdown, no acks, like a crash."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.kill()
-            return
-        # Warm shutdown goes through the main process; signalling the whole group would
-        # also kill the pool children under it, which can stall the shutdown.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
-    def tail(self, lines: int = 60) -> str:
-        if not self.log.exists():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def stop(self, grace: float = 10.0) -> None:
+        super().stop(grace)
 
 
 API_KEYS = [
@@ -114,51 +73,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ApiProcess:
+class ApiProcess(Proc):
     """`pausepoint api` (uvicorn) as a real process on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = int(env["PAUSEPOINT_API_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
+        argv = [sys.executable, "-m", "pausepoint.worker", "api"]
+        super().__init__("api", argv, env, log, cwd=ROOT)
 
-    def start(self, timeout: float = 30.0) -> ApiProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pausepoint.worker", "api"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"api exited:\n{self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"api not ready in {timeout}s")
+    def start(  # type: ignore[override]
+        self, ready: Callable[[Proc], bool] | None = None, timeout: float = 30.0
+    ) -> ApiProcess:
+        super().start(ready or http_ready(self.url + "/healthz"), timeout)
+        return self
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+    def stop(self, grace: float = 10.0) -> None:
+        super().stop(grace)
 
 
 @dataclass

@@ -8,10 +8,6 @@ shows about the workers contains the password.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -19,15 +15,10 @@ import httpx
 import pytest
 
 from pausepoint.persistence.records import FINISHED
-from tests.integration.conftest import ROOT, Cluster
+from pausepoint.worker.procs import Proc, http_ready
+from tests.integration.conftest import ROOT, Cluster, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 PASSWORD = "pg-s3cr3t-in-url"
@@ -50,27 +41,16 @@ def test_flower_needs_a_login_and_lists_every_step_of_a_run(cluster: Cluster) ->
         "FLOWER_UNAUTHENTICATED_API": "true",
         "FLOWER_BASIC_AUTH": ":".join(LOGIN),
     }
-    log = (cluster.tmp / "flower.log").open("wb")
-    flower = subprocess.Popen(
+    flower = Proc(
+        "flower",
         [sys.executable, "-m", "pausepoint.worker", "flower", f"--port={port}"],
-        env=env,
+        env,
+        cluster.tmp / "flower.log",
         cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthcheck", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert flower.poll() is None, (cluster.tmp / "flower.log").read_text()
-            assert time.monotonic() < deadline, "flower did not start"
-            time.sleep(0.2)
+        flower.start(http_ready(f"{base}/healthcheck"), timeout=30)
         # No login: nothing, not even with FLOWER_UNAUTHENTICATED_API=true in the env.
         assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
         assert httpx.get(f"{base}/api/tasks", timeout=5).status_code == 401
@@ -115,13 +95,7 @@ def test_flower_needs_a_login_and_lists_every_step_of_a_run(cluster: Cluster) ->
         page = httpx.get(f"{base}/worker/{next(iter(workers.json()))}", auth=LOGIN, timeout=15)
         assert page.status_code == 200 and PASSWORD not in page.text
     finally:
-        os.killpg(flower.pid, signal.SIGTERM)
-        try:
-            flower.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(flower.pid, signal.SIGKILL)
-            flower.wait()
-        log.close()
+        flower.stop(10)
     assert PASSWORD not in (cluster.tmp / "flower.log").read_text(errors="replace")
     for w in cluster.workers:
         assert PASSWORD not in w.log.read_text(errors="replace")

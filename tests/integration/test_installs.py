@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 
 from pausepoint.persistence.records import COMPLETED
 from pausepoint.persistence.store import Store
+from pausepoint.worker.procs import Proc, celery_ready, http_ready
 from tests import services
 from tests.integration.conftest import ROOT, free_port
 
@@ -104,44 +104,6 @@ def _clean_env(tmp: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-class Process:
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, marker: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while marker not in self.text():
-            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.text()}"
-            assert time.monotonic() < deadline, f"no {marker!r} in {timeout}s:\n{self.text()}"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-
 def _run_noop_with_a_worker(
     bin_dir: Path,
     tmp: Path,
@@ -160,14 +122,15 @@ def _run_noop_with_a_worker(
         PAUSEPOINT_SWEEP_INTERVAL="0.5",
         **settings,
     )
-    worker = Process(
+    worker = Proc(
+        "worker",
         [str(bin_dir / "pausepoint"), "worker", "--no-beat", "--concurrency", "1"],
         env,
-        tmp,
         tmp / "worker.log",
+        cwd=tmp,
     )
     try:
-        worker.wait_for(" ready.")
+        worker.start(celery_ready)
         cli = [str(bin_dir / "pausepoint")]
         agent = subprocess.run(
             [*cli, "agent", "a1", "--persona", "x"],
@@ -237,23 +200,15 @@ def test_the_docker_images_install_runs_worker_and_flower(
         PAUSEPOINT_BROKER_URL=redis_broker,
         FLOWER_BASIC_AUTH="ops:pw",
     )
-    flower = Process(
+    flower = Proc(
+        "flower",
         [str(bin_dir / "pausepoint"), "flower", "--port", str(port)],
         env,
-        tmp_path,
         tmp_path / "flower.log",
+        cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert flower.proc.poll() is None, flower.text()
-            assert time.monotonic() < deadline, flower.text()
-            time.sleep(0.2)
+        flower.start(http_ready(f"http://127.0.0.1:{port}/healthcheck"), timeout=30)
         assert httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=5).status_code == 401
         ok = httpx.get(f"http://127.0.0.1:{port}/api/tasks", auth=("ops", "pw"), timeout=5)
         assert ok.status_code == 200
