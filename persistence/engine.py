@@ -47,7 +47,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        shown = mask_url(url) or ""
+        shown = mask_url(url)
         raise ConfigurationError(
             f"malformed store URL {shown!r}: {str(exc).replace(url, shown)}"
         ) from None

@@ -9,6 +9,7 @@ message, Flower's Config tab) shows ``mask_url(url)`` instead.
 from __future__ import annotations
 
 import re
+from typing import overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -18,6 +19,10 @@ _SECRET_PARAM = re.compile(r"pass|secret|token|key|sig|auth|credential", re.IGNO
 _USERINFO = re.compile(r"(//)[^/@]*@")
 
 
+@overload
+def mask_url(url: str) -> str: ...
+@overload
+def mask_url(url: None) -> None: ...
 def mask_url(url: str | None) -> str | None:
     """``url`` with any password, token-like user name or secret query value replaced."""
     if url is None:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from pausepoint.persistence.errors import ConfigurationError, LLMError
+from pausepoint.persistence.urls import mask_url
 
 __all__ = [
     "LLMBackend",
@@ -111,7 +112,7 @@ class OpenAIBackend:
         self._sleep = sleep
         self._url = base_url.rstrip("/") + "/chat/completions"
         # Errors name the endpoint, but never credentials embedded in the URL.
-        self._display_url = str(httpx.URL(self._url).copy_with(userinfo=b""))
+        self._display_url = mask_url(self._url)
         self._client = httpx.Client(timeout=timeout, transport=transport)
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 
 from sqlalchemy import Connection, insert, select, update
@@ -92,10 +93,8 @@ class ResourcesRoom(StoreCore):
             wanted = [str(n) for n in conn.execute(query).scalars()]
         woken: list[RunRecord] = []
         for name in wanted:
-            if report is None:
-                woken.extend(self._wake_all(name))
-                continue
-            with skipping("resource", name, report):
+            guard = nullcontext() if report is None else skipping("resource", name, report)
+            with guard:
                 woken.extend(self._wake_all(name))
         return woken
 

@@ -157,3 +157,17 @@ def test_compose_starts_flower_behind_a_login_on_loopback() -> None:
     for name, service in compose["services"].items():
         text = str(service.get("environment", {}))
         assert "UNAUTHENTICATED" not in text, name
+
+
+def test_the_llm_client_shows_its_url_with_the_same_masking() -> None:
+    from pausepoint.tasks.llm import OpenAIBackend
+
+    backend = OpenAIBackend(
+        base_url="https://user:llm-pw@llm.example/v1?api_key=llm-key", model="m"
+    )
+    try:
+        shown = repr(backend)
+        assert "llm-pw" not in shown and "llm-key" not in shown
+        assert "https://user:***@llm.example/v1" in shown
+    finally:
+        backend.close()
