@@ -318,15 +318,7 @@ class Runtime:
             done += 1
             keep = done < self.inline_steps and time.monotonic() < until
             try:
-                try:
-                    new = self.store.commit_step(claim, owner, transition, keep_lease=keep)
-                except InvalidInput as exc:
-                    # The step gave back what the store cannot keep (not JSON, nested too
-                    # deep, a 100-digit integer): the run fails, saying so, instead of the
-                    # task erroring and the sweeper re-running the step after its lease.
-                    log.error("run %s step %s: %s", run_id, claim.run.step, exc)
-                    transition = _failed(claim, f"the step's outcome cannot be stored: {exc}")
-                    new = self.store.commit_step(claim, owner, transition, keep_lease=False)
+                new, transition = self._commit(claim, owner, transition, keep)
             except StaleVersion:
                 log.warning(
                     "run %s: lease lost during step %s; result dropped", run_id, claim.run.step
@@ -340,6 +332,20 @@ class Runtime:
             if new.status != RUNNING:
                 return StepReport(run_id, "committed", claim.run.step, new.status, new.version)
             claim = self.store.next_claim(claim, new, transition.state)
+
+    def _commit(
+        self, claim: Claim, owner: str, transition: Transition, keep: bool
+    ) -> tuple[RunRecord, Transition]:
+        """Commit a step's transition; the run as committed, and the transition it got."""
+        try:
+            return self.store.commit_step(claim, owner, transition, keep_lease=keep), transition
+        except InvalidInput as exc:
+            # The step gave back what the store cannot keep (not JSON, nested too deep, a
+            # 100-digit integer): the run fails, saying so, instead of the task erroring
+            # and the sweeper re-running the step after its lease.
+            log.error("run %s step %s: %s", claim.run.id, claim.run.step, exc)
+            failed = _failed(claim, f"the step's outcome cannot be stored: {exc}")
+            return self.store.commit_step(claim, owner, failed, keep_lease=False), failed
 
     def _execute(self, claim: Claim) -> Transition:
         run = claim.run
