@@ -455,7 +455,7 @@ def test_one_heartbeat_thread_renews_every_running_step_until_it_ends() -> None:
     from types import SimpleNamespace
 
     from pausepoint.persistence.errors import StaleVersion
-    from pausepoint.tasks.runtime import _heartbeats
+    from pausepoint.tasks.heartbeats import _heartbeats
 
     calls: list[str] = []
 
@@ -491,7 +491,7 @@ def test_a_chained_step_with_part_of_its_lease_left_is_renewed_at_once() -> None
     import time as _time
     from types import SimpleNamespace
 
-    from pausepoint.tasks.runtime import _heartbeats
+    from pausepoint.tasks.heartbeats import _heartbeats
 
     renewed: list[float] = []
     start = datetime.now(timezone.utc)
