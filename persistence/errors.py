@@ -97,3 +97,19 @@ class Retry(PausepointError):
 
 class LLMError(PausepointError):
     """The language model backend failed (after its own retries, where it has them)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+        super().__init__(message)
+        # The HTTP status the model's server answered with, when it answered.
+        self.status = status
+        # False when sending the same request again cannot help (a 400, a 401): the
+        # runtime fails the step at once instead of retrying it.
+        self.retryable = retryable
+
+
+class ContextTooLong(LLMError):
+    """The model refused the request as longer than its context (HTTP 400,
+    ``context_length_exceeded``): the context builder compacts and tries once more."""
+
+    def __init__(self, message: str, *, status: int | None = 400) -> None:
+        super().__init__(message, status=status, retryable=False)

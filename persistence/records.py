@@ -171,6 +171,69 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+MEMORY_KINDS = ("fact", "decision", "episode", "note")
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """What a step remembers: written with its commit, exactly once."""
+
+    content: str
+    kind: str = "fact"
+    subject: str | None = None
+    key: str | None = None
+    importance: float | None = None
+
+
+@dataclass(frozen=True)
+class MemoryRecord(Row):
+    id: int
+    agent_name: str
+    kind: str
+    subject: str | None
+    key: str | None
+    content: str
+    importance: float | None
+    run_id: str | None
+    seq: int | None
+    created_at: datetime
+    superseded_by: int | None
+    retracted_at: datetime | None
+
+    @property
+    def current(self) -> bool:
+        return self.superseded_by is None and self.retracted_at is None
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """A memory found for a query, with how well it fits (0 to 1) and why."""
+
+    memory: MemoryRecord
+    score: float
+    relevance: float
+    recency: float
+
+
+@dataclass(frozen=True)
+class NewSummary:
+    """A compaction's result: the summary of logical messages [0, covers)."""
+
+    covers: int
+    content: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class SummaryRecord(Row):
+    run_id: str
+    seq: int
+    covers: int
+    content: str
+    tokens: int
+    created_at: datetime
+
+
 @dataclass(frozen=True)
 class WaitSpec:
     """What a step asks for when it parks the run."""
@@ -209,6 +272,12 @@ class Transition:
     delay: float = 0.0
     # True when this transition retries the same step (attempt counter goes up).
     retry: bool = False
+    # What the step remembered, and the summary its compaction wrote (stored as the
+    # summary of the run's new checkpoint, which its state["__context__"] names).
+    memories: tuple[NewMemory, ...] = ()
+    summary: NewSummary | None = None
+    # Added to the step's step_completed event (what its model calls spent).
+    info: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from pausepoint.persistence.tables import (
     events,
     messages,
     runs,
+    summaries,
     waits,
 )
 
@@ -105,6 +106,16 @@ class Retention:
     workflows: Mapping[str, RetentionPolicy] = field(default_factory=dict)
     # Where audit trails are written before they are deleted; None: they are kept.
     archive_dir: Path | None = None
+    # Agents' memories: any older than memory_days, and superseded or retracted ones
+    # older than superseded_memory_days, are deleted. None: kept.
+    memory_days: float | None = None
+    superseded_memory_days: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_days", "superseded_memory_days"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidInput(f"{name} cannot be negative")
 
     @classmethod
     def build(
@@ -112,11 +123,16 @@ class Retention:
         default: RetentionPolicy,
         overrides: Mapping[str, Mapping[str, Any]],
         archive_dir: Path | str | None,
+        *,
+        memory_days: float | None = None,
+        superseded_memory_days: float | None = None,
     ) -> Retention:
         return cls(
             default=default,
             workflows={name: default.override(o) for name, o in overrides.items()},
             archive_dir=Path(archive_dir) if archive_dir is not None else None,
+            memory_days=memory_days,
+            superseded_memory_days=superseded_memory_days,
         )
 
     def groups(self) -> Iterator[tuple[RetentionPolicy, ColumnElement[bool], str]]:
@@ -133,6 +149,8 @@ class Retention:
             "default": asdict(self.default),
             "workflows": {k: asdict(v) for k, v in self.workflows.items()},
             "archive_dir": str(self.archive_dir) if self.archive_dir else None,
+            "memory_days": self.memory_days,
+            "superseded_memory_days": self.superseded_memory_days,
         }
 
 
@@ -145,8 +163,15 @@ class GcReport:
     runs_purged: int = 0
     purges_finished: int = 0
     rows_purged: dict[str, int] = field(
-        default_factory=lambda: {"checkpoints": 0, "messages": 0, "waits": 0, "deliveries": 0}
+        default_factory=lambda: {
+            "checkpoints": 0,
+            "messages": 0,
+            "waits": 0,
+            "deliveries": 0,
+            "summaries": 0,
+        }
     )
+    memories_removed: int = 0
     runs_deleted: int = 0
     events_archived: int = 0
     archive_files: list[str] = field(default_factory=list)
@@ -163,6 +188,7 @@ class GcReport:
             or self.purges_finished
             or self.runs_deleted
             or self.deliveries_removed
+            or self.memories_removed
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -237,6 +263,17 @@ class _Collector:
                 self._expire(policy, where, label)
         if self.retention.default.delete_after_days is not None:
             self._deliveries(self.retention.default.delete_after_days)
+        r = self.retention
+        if r.memory_days is not None or r.superseded_memory_days is not None:
+            self.progress("memories", 0, 1)
+            self.report.memories_removed = self.store.prune_memories(
+                older_than=_days_before(self.now, self.retention.memory_days),
+                superseded_older_than=_days_before(
+                    self.now, self.retention.superseded_memory_days
+                ),
+                dry_run=self.dry_run,
+            )
+            self.progress("memories", 1, 1)
         if not self.dry_run:
             if sqlite and vacuum and self.report.removed_anything:
                 self.progress("vacuum", 0, 1)
@@ -606,7 +643,12 @@ _STATE_TABLES = (
     ("messages", messages),
     ("waits", waits),
     ("deliveries", deliveries),
+    ("summaries", summaries),
 )
+
+
+def _days_before(now: datetime, days: float | None) -> datetime | None:
+    return None if days is None else now - timedelta(days=days)
 
 
 def pending_purges(store: Store) -> int:

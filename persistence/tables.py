@@ -372,6 +372,93 @@ cleanups = Table(
     Column("finished_at", Timestamp, nullable=True),
 )
 
+# An agent's long-term memory: facts, decisions and episode summaries that outlive runs.
+# Written in the commit of the step that remembers them (run_id, seq); a newer memory of
+# the same (agent, subject, key) supersedes the older, which stays, marked, for audit;
+# a rollback past a memory retracts it (kept, marked). Searched by the dialect's full-text
+# index: FTS5 on SQLite, a tsvector column with GIN on Postgres (both made by migration
+# 0006, outside this metadata: see SEARCH_OBJECTS).
+memories = Table(
+    "memories",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "agent_name", String(200), ForeignKey("agents.name", ondelete="CASCADE"), nullable=False
+    ),
+    # fact | decision | episode | note
+    Column("kind", String(20), nullable=False),
+    # Whom or what it is about (a customer, a case), and which of its attributes.
+    Column("subject", String(200), nullable=True),
+    Column("key", String(200), nullable=True),
+    Column("content", Text, nullable=False),
+    Column("importance", Float, nullable=True),
+    # Where it came from: the run and the checkpoint whose commit wrote it (no foreign
+    # key: a memory outlives its run's retention).
+    Column("run_id", String(32), nullable=True),
+    Column("seq", Integer, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("superseded_by", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("retracted_at", Timestamp, nullable=True),
+)
+Index("ix_memories_agent_name_created_at", memories.c.agent_name, memories.c.created_at)
+partial(memories, "ix_memories_agent_name_subject_key", "agent_name", "subject", "key", present="key")
+partial(memories, "ix_memories_run_id_seq", "run_id", "seq", present="run_id")
+partial(memories, "ix_memories_superseded_by", "superseded_by", present="superseded_by")
+
+# A run's compacted conversation: the summary of its logical messages [0, covers), written
+# by the commit of checkpoint ``seq``. A checkpoint's state names the summary in effect
+# (``state["__context__"]``: its run and seq), so a rollback or a fork sees its
+# checkpoint's own.
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("covers", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# Erasures on request (``forget``): who erased which subject's memories, when and why.
+# The memories themselves are gone; this row says they were.
+memory_erasures = Table(
+    "memory_erasures",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("agent_name", String(200), nullable=False),
+    Column("subject", String(200), nullable=True),
+    Column("count", Integer, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("created_at", Timestamp, nullable=False),
+)
+Index("ix_memory_erasures_agent_name", memory_erasures.c.agent_name)
+
+# The full-text objects each dialect adds to ``memories`` in migration 0006, which this
+# metadata does not describe (so the model/migration comparison leaves them out).
+SEARCH_OBJECTS = frozenset(
+    {
+        "memories_fts",
+        "memories_fts_data",
+        "memories_fts_idx",
+        "memories_fts_docsize",
+        "memories_fts_config",
+        "memories_fts_content",
+        "ix_memories_search",
+        "search",
+    }
+)
+
+
+def described(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's ``include_name``: leave out the search objects the dialects add."""
+    return name not in SEARCH_OBJECTS
+
 ALL_TABLES = (
     agents,
     runs,
@@ -384,4 +471,7 @@ ALL_TABLES = (
     deliveries,
     meta,
     cleanups,
+    memories,
+    summaries,
+    memory_erasures,
 )

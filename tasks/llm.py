@@ -13,16 +13,19 @@ import re
 import string
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from pausepoint.persistence.errors import ConfigurationError, LLMError
+from pausepoint.persistence.errors import ConfigurationError, ContextTooLong, LLMError
 from pausepoint.persistence.urls import mask_url
+from pausepoint.tasks.counting import default_counter, prompt_tokens
 
 __all__ = [
+    "Completion",
     "LLMBackend",
     "Message",
     "OpenAIBackend",
@@ -38,6 +41,51 @@ Message = dict[str, str]
 
 Reply = str | Callable[[Sequence[Message]], str]
 """What a :class:`ScriptedBackend` rule answers: a template string or a callable."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's reply, with what the model says it spent (``usage``), when it says."""
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def chat(
+    llm: LLMBackend,
+    messages: Sequence[Message],
+    *,
+    model: str | None = None,
+    temperature: float | None = None,
+    idempotency_key: str | None = None,
+    max_tokens: int | None = None,
+) -> Completion:
+    """Ask ``llm``, with its usage where the backend reports one (``chat``), else only
+    the text (any backend with ``complete``)."""
+    method = getattr(llm, "chat", None)
+    if callable(method):
+        result = method(
+            messages,
+            model=model,
+            temperature=temperature,
+            idempotency_key=idempotency_key,
+            max_tokens=max_tokens,
+        )
+        if isinstance(result, Completion):
+            return result
+    text = llm.complete(
+        messages, model=model, temperature=temperature, idempotency_key=idempotency_key
+    )
+    return Completion(text)
+
+
+# "This model's maximum context length is 8192 tokens" (OpenAI), "context window",
+# "too many tokens", "prompt is too long" (other OpenAI-compatible servers).
+_TOO_LONG = re.compile(
+    r"context[_ ]length|maximum context|context window|too many tokens|prompt is too long",
+    re.IGNORECASE,
+)
 
 
 @runtime_checkable
@@ -142,12 +190,28 @@ class OpenAIBackend:
         idempotency_key: str | None = None,
     ) -> str:
         """POST the chat to ``{base_url}/chat/completions`` and return the reply text."""
+        return self.chat(
+            messages, model=model, temperature=temperature, idempotency_key=idempotency_key
+        ).text
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        idempotency_key: str | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """POST the chat; the reply with the server's ``usage`` (when it sends one)."""
         payload: dict[str, Any] = {
             "model": model or self.model,
             "messages": [dict(m) for m in messages],
         }
         if temperature is not None:
             payload["temperature"] = temperature
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
         headers = {"Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -165,18 +229,21 @@ class OpenAIBackend:
                 retry_after = None
             except httpx.HTTPError as e:
                 raise LLMError(
-                    self._scrub(f"LLM request to {self._display_url} failed: {e}")
+                    self._scrub(f"LLM request to {self._display_url} failed: {e}"),
+                    retryable=False,
                 ) from e
             else:
                 if response.is_success:
                     return self._parse(response)
-                problem = f"HTTP {response.status_code}: {self._error_detail(response)}"
-                if response.status_code not in RETRYABLE_STATUSES:
-                    raise LLMError(
-                        self._scrub(
-                            f"LLM request to {self._display_url} was refused with {problem}"
-                        )
+                status = response.status_code
+                problem = f"HTTP {status}: {self._error_detail(response)}"
+                if status not in RETRYABLE_STATUSES:
+                    message = self._scrub(
+                        f"LLM request to {self._display_url} was refused with {problem}"
                     )
+                    if status in (400, 413) and self._too_long(response):
+                        raise ContextTooLong(message, status=status)
+                    raise LLMError(message, status=status, retryable=False)
                 retry_after = _retry_after(response.headers.get("Retry-After"))
 
             if attempt == attempts:
@@ -203,7 +270,17 @@ class OpenAIBackend:
         base = self.backoff * 2.0 ** (attempt - 1)
         return min(self.max_backoff, base * (1 + _JITTER * random.random()))
 
-    def _parse(self, response: httpx.Response) -> str:
+    def _too_long(self, response: httpx.Response) -> bool:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and error.get("code") == "context_length_exceeded":
+            return True
+        return bool(_TOO_LONG.search(self._error_detail(response)))
+
+    def _parse(self, response: httpx.Response) -> Completion:
         try:
             data = response.json()
         except ValueError:
@@ -226,7 +303,12 @@ class OpenAIBackend:
                     f"text: {_excerpt(response.text)!r}"
                 )
             )
-        return content
+        usage = data.get("usage") if isinstance(data, dict) else None
+        prompt = completion = None
+        if isinstance(usage, dict):
+            prompt = _count(usage.get("prompt_tokens"))
+            completion = _count(usage.get("completion_tokens"))
+        return Completion(content, prompt, completion)
 
     def _error_detail(self, response: httpx.Response) -> str:
         # OpenAI-style servers put the useful part in {"error": {"message": ...}};
@@ -250,6 +332,10 @@ class OpenAIBackend:
         if self._api_key and self._api_key in text:
             text = text.replace(self._api_key, "***")
         return text
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -305,7 +391,11 @@ class ScriptedBackend:
         self,
         rules: Sequence[tuple[str, Reply]] | None = None,
         default: Reply | None = None,
+        *,
+        context_limit: int | None = None,
     ) -> None:
+        # Like a real model: a request over ``context_limit`` tokens is refused.
+        self.context_limit = context_limit
         self._rules: list[tuple[re.Pattern[str], Reply]] | None = None
         if rules is not None:
             self._rules = []
@@ -329,6 +419,29 @@ class ScriptedBackend:
         idempotency_key: str | None = None,
     ) -> str:
         """Return the scripted reply to ``messages`` (model/temperature/key are ignored)."""
+        return self.chat(messages).text
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        idempotency_key: str | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """The scripted reply, with usage as the default token counter counts it."""
+        counter = default_counter()
+        used = prompt_tokens(counter, messages)
+        if self.context_limit is not None and used > self.context_limit:
+            raise ContextTooLong(
+                f"scripted model: this model's maximum context length is "
+                f"{self.context_limit} tokens, the request has {used}"
+            )
+        text = self._reply(messages)
+        return Completion(text, used, counter.count(text))
+
+    def _reply(self, messages: Sequence[Message]) -> str:
         transcript = [dict(m) for m in messages]
         self.calls.append([dict(m) for m in transcript])
         last = _last_user_content(transcript)

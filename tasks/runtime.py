@@ -23,6 +23,7 @@ from typing import Any
 from pausepoint.persistence.errors import (
     ConfigurationError,
     InvalidInput,
+    LLMError,
     NotFound,
     PausepointError,
     Retry,
@@ -370,8 +371,16 @@ class Runtime:
             outcome = wf.check(step.fn(ctx))
             if isinstance(outcome, Wait) and outcome.kind == RESOURCE:
                 self.store.get_resource(outcome.resource_name or "")
+            if isinstance(outcome, End) and ctx.context_settings.episodes:
+                ctx.write_episode()
         except Retry as exc:
             return self._retry_or_fail(claim, step, exc, retry_delay=exc.delay)
+        except LLMError as exc:
+            if exc.retryable:
+                return self._retry_or_fail(claim, step, exc)
+            # A request the model refuses (a 400, an overflowing context, a bad key) is
+            # refused again on every retry: the run fails now, saying why.
+            return _failed(claim, f"{type(exc).__name__}: {exc}")
         except (ConfigurationError, NotFound) as exc:
             # A mistake in the workflow or its setup: retrying cannot fix it.
             return _failed(claim, f"{type(exc).__name__}: {exc}")
@@ -452,13 +461,18 @@ def _transition(
     wf: Workflow, ctx: StepContext, outcome: Next | Wait | End, now: datetime, secret: bytes
 ) -> Transition:
     messages = tuple(ctx.new_messages)
+    state = ctx.stored_state()
+    kept: dict[str, Any] = {"memories": tuple(ctx.new_memories), "summary": ctx.new_summary}
+    if ctx.model_calls:
+        kept["info"] = {"model_calls": ctx.model_calls}
     if isinstance(outcome, Next):
         return Transition(
             status=QUEUED,
-            state=ctx.state,
+            state=state,
             step=outcome.step,
             messages=messages,
             delay=outcome.delay,
+            **kept,
         )
     if isinstance(outcome, Wait):
         deadline = outcome.deadline
@@ -486,22 +500,24 @@ def _transition(
             resource=outcome.resource_name,
         )
         # The wait is described in the step's step_completed event (_with_completion_event).
-        return Transition(status=WAITING, state=ctx.state, messages=messages, wait=spec)
+        return Transition(status=WAITING, state=state, messages=messages, wait=spec, **kept)
     if outcome.failed:
         return Transition(
             status=FAILED,
-            state=ctx.state,
+            state=state,
             messages=messages,
             error=outcome.error,
             result=outcome.result,
             events=(NewEvent("failed", {"step": ctx.step, "error": outcome.error}),),
+            **kept,
         )
     return Transition(
         status=COMPLETED,
-        state=ctx.state,
+        state=state,
         messages=messages,
         result=outcome.result,
         events=(NewEvent("completed", {"result": outcome.result}),),
+        **kept,
     )
 
 
@@ -523,6 +539,7 @@ def _with_completion_event(t: Transition, claim: Claim, duration_ms: float) -> T
     elif t.status == WAITING and t.wait is not None:
         following = t.wait.resume_step
     info.update(duration_ms=duration_ms, messages=len(t.messages), next=following)
+    info.update(t.info)
     if t.status == WAITING and t.wait is not None:
         # What the run now waits for, in the same event: a parked run keeps one event
         # row fewer (bench/README.md, parked runs). The empty fields are left out.

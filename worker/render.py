@@ -419,6 +419,8 @@ def gc_table(report: GcReport, policy: dict[str, Any]) -> Group:
         f"run(s), {report.events_archived} event(s)",
     )
     table.add_row("early deliveries for no run", str(report.deliveries_removed), "")
+    if report.memories_removed:
+        table.add_row("agents' memories (old, superseded)", str(report.memories_removed), "")
     if report.skipped:
         table.add_row("skipped (changed while the pass ran)", str(report.skipped), "run(s)")
     if report.bytes_before is not None:

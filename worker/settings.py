@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     archive_dir: str = Field(
         "pausepoint-archive", description="Where expired audit trails are written (JSONL)."
     )
+    retention_memory_days: float | None = Field(
+        None, ge=0, description="Delete agents' memories older than this many days (kept if unset)."
+    )
+    retention_superseded_memory_days: float | None = Field(
+        None,
+        ge=0,
+        description="Delete superseded or rolled-back memories older than this many days.",
+    )
     retention_interval: float = Field(
         86400.0, gt=0, description="Seconds between retention passes run by beat."
     )
@@ -173,6 +181,8 @@ class Settings(BaseSettings):
             ),
             self.retention_workflows,
             self.archive_dir,
+            memory_days=self.retention_memory_days,
+            superseded_memory_days=self.retention_superseded_memory_days,
         )
 
     @property

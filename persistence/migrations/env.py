@@ -7,7 +7,7 @@ from typing import Any, Literal
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
-from pausepoint.persistence.tables import UTCDateTime, metadata
+from pausepoint.persistence.tables import UTCDateTime, described, metadata
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
@@ -27,6 +27,7 @@ context.configure(
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
     render_item=render_item,
+    include_name=described,
 )
 with context.begin_transaction():
     context.run_migrations()

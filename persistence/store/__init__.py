@@ -13,6 +13,7 @@ all of them on one engine:
 ``deliveries``   callbacks and events from other systems
 ``resources``    named capacities and their slots
 ``lineage``      rollback, fork, legal hold
+``memory``       an agent's long-term memory; a run's conversation summaries
 ``sweeper``      redelivery, lease recovery, deadlines
 ``sessions``     the seed API's plain-Python ``Agent`` sessions
 ``secret``       the store's secret for callback tokens
@@ -33,6 +34,7 @@ from pausepoint.persistence.store.approvals import ApprovalsRoom
 from pausepoint.persistence.store.core import Clock, StoreCore, ensure_json, new_run_id, utcnow
 from pausepoint.persistence.store.deliveries import DeliveriesRoom
 from pausepoint.persistence.store.lineage import LineageRoom
+from pausepoint.persistence.store.memory import MemoryRoom
 from pausepoint.persistence.store.reads import ReadsRoom
 from pausepoint.persistence.store.secret import SecretRoom
 from pausepoint.persistence.store.sessions import SessionsRoom
@@ -58,6 +60,7 @@ class Store(
     ApprovalsRoom,
     DeliveriesRoom,
     LineageRoom,
+    MemoryRoom,
     SweeperRoom,
     SecretRoom,
     ReadsRoom,

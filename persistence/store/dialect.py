@@ -6,7 +6,9 @@ through a :class:`Dialect`, chosen from the engine's URL by :func:`dialect_for`:
 - how reads are wrapped (a transaction on SQLite, autocommit on Postgres);
 - whether a step's claim and its commit can each be ONE statement (Postgres:
   data-modifying CTEs; see :mod:`persistence.store.postgres`), and those statements;
-- bounding a statement's time (Postgres' ``SET LOCAL statement_timeout``).
+- bounding a statement's time (Postgres' ``SET LOCAL statement_timeout``);
+- full-text search of an agent's memories (FTS5 with BM25 on SQLite, a tsvector with
+  GIN and ``ts_rank_cd`` on Postgres), and what an erasure must do to its index.
 
 How connections are made (SQLite's pragmas and ``BEGIN IMMEDIATE`` for writers,
 Postgres' pool) belongs to the engine, in :mod:`persistence.engine`, because the
@@ -20,7 +22,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import ColumnElement, Connection, Engine
 
 from pausepoint.persistence.records import Claim, NewMessage, RunRecord
 
@@ -69,6 +71,21 @@ class Dialect:
     ) -> bool:
         """Apply a transition as one statement; False when its CAS matched no row."""
         raise NotImplementedError(f"{self.name} commits in a transaction")
+
+    def search_memories(
+        self,
+        conn: Connection,
+        agent: str,
+        terms: Sequence[str],
+        where: ColumnElement[bool],
+        limit: int,
+    ) -> list[tuple[int, float]]:
+        """``(memory id, relevance)`` of the ``limit`` memories matching any of ``terms``
+        (and ``where``) best, best first; relevance is larger for a better match."""
+        raise NotImplementedError
+
+    def after_erase(self, conn: Connection) -> None:
+        """After memories were deleted on request: leave nothing of them in the index."""
 
 
 def dialect_for(engine: Engine) -> Dialect:

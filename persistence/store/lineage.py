@@ -28,7 +28,8 @@ from pausepoint.persistence.records import (
     RunRecord,
     WaitRecord,
 )
-from pausepoint.persistence.store.core import StoreCore
+from pausepoint.persistence.store.core import StoreCore, new_run_id
+from pausepoint.persistence.store.memory import forked_summary, retract_memories, write_summary
 from pausepoint.persistence.store.reads import purged_message
 from pausepoint.persistence.store.resources import hold_slot, release_holds
 from pausepoint.persistence.store.runs import insert_run
@@ -81,6 +82,10 @@ class LineageRoom(StoreCore):
                 events.append(NewEvent("wait_cancelled", {"wait": wait.id, "kind": wait.kind}))
             for name in release_holds(conn, run.id, now):
                 events.append(NewEvent("resource_released", {"resource": name}))
+            retracted = retract_memories(conn, run.id, to_seq, now)
+            if retracted:
+                # What the undone steps remembered is no longer what the agent knows.
+                events.append(NewEvent("memories_retracted", {"memories": retracted}))
             events.insert(
                 0,
                 NewEvent(
@@ -153,8 +158,11 @@ class LineageRoom(StoreCore):
             conversation = queries.history(
                 conn, parent.id, length=target.history_len, segments=target.segments
             )
+            child_id = new_run_id()
+            state, summary = forked_summary(conn, target.state, child_id)
             child = insert_run(
                 conn,
+                run_id=child_id,
                 now=now,
                 actor=actor,
                 agent_name=parent.agent_name,
@@ -163,7 +171,7 @@ class LineageRoom(StoreCore):
                 input=parent.input,
                 status=QUEUED if parked is None else WAITING,
                 step=target.step,
-                state=target.state,
+                state=state,
                 messages=conversation,
                 parent=(parent.id, seq),
                 events=[
@@ -188,6 +196,8 @@ class LineageRoom(StoreCore):
                     ),
                 ],
             )
+            if summary is not None:
+                write_summary(conn, child.id, 0, summary, now)
             if parked is None:
                 return child
             # Park the new run on the wait its parent was parked on at that checkpoint.

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, select
+from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, column, func, literal_column, select, text
 
 from pausepoint.persistence.errors import StaleVersion
 from pausepoint.persistence.records import (
@@ -30,7 +30,7 @@ from pausepoint.persistence.records import (
     WaitRecord,
 )
 from pausepoint.persistence.store.dialect import Dialect
-from pausepoint.persistence.tables import agents, checkpoints, events, runs, waits
+from pausepoint.persistence.tables import agents, checkpoints, events, memories, runs, waits
 
 Processor = Callable[[Any], Any]
 
@@ -283,3 +283,26 @@ class PostgresDialect(Dialect):
         sql = "WITH " + ", ".join(ctes) + " SELECT count(*) FROM u"
         self._sql[shape] = sql
         return sql
+
+    def search_memories(
+        self,
+        conn: Connection,
+        agent: str,
+        terms: Sequence[str],
+        where: ColumnElement[bool],
+        limit: int,
+    ) -> list[tuple[int, float]]:
+        # Any of the words: each a bound plainto_tsquery (stemmed, stop words dropped),
+        # OR-ed together, so no query text is ever tsquery syntax.
+        query = func.plainto_tsquery("english", terms[0])
+        for term in terms[1:]:
+            query = query.op("||")(func.plainto_tsquery("english", term))
+        search = column("search")
+        rank = func.ts_rank_cd(search, query)
+        found = (
+            select(memories.c.id, rank.label("rank"))
+            .where(where, search.op("@@")(query))
+            .order_by(literal_column("rank").desc())
+            .limit(limit)
+        )
+        return [(int(i), float(r)) for i, r in conn.execute(found)]

@@ -114,9 +114,10 @@ def insert_run(
     idempotency_key: str | None = None,
     messages: Sequence[Message] = (),
     parent: tuple[str, int] | None = None,
+    run_id: str | None = None,
 ) -> RunRecord:
     """Insert a run with its checkpoint 0 (and the conversation it starts with)."""
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     event_rows, count, head = chain(run_id, "", 0, events, actor, now)
     queued = status == QUEUED
     values: dict[str, Any] = {

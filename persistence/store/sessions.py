@@ -12,10 +12,13 @@ from pausepoint.persistence.records import (
     ACTIVE,
     SESSION_WORKFLOW,
     NewEvent,
+    NewMemory,
     NewMessage,
+    NewSummary,
     RunRecord,
 )
 from pausepoint.persistence.store.core import ensure_json
+from pausepoint.persistence.store.memory import summary_event, write_memories, write_summary
 from pausepoint.persistence.store.runs import RunsRoom
 from pausepoint.persistence.tables import (
     runs,
@@ -62,14 +65,26 @@ class SessionsRoom(RunsRoom):
         state: dict[str, Any],
         messages: Sequence[NewMessage] = (),
         events: Sequence[NewEvent] = (),
+        memories: Sequence[NewMemory] = (),
+        summary: NewSummary | None = None,
     ) -> RunRecord:
-        """Checkpoint a script session; StaleVersion if another process saved since ``run``."""
+        """Checkpoint a script session; StaleVersion if another process saved since ``run``.
+
+        ``memories`` and ``summary`` are written in the same transaction, as a step's are."""
         state = ensure_json(state, "agent state")
+        events = list(events)
+        now = self.clock()
         with self.write() as conn:
+            if summary is not None:
+                write_summary(conn, run.id, run.seq + 1, summary, now)
+                events.append(NewEvent("compacted", summary_event(summary)))
+            events.extend(
+                write_memories(conn, run.agent_name, memories, run_id=run.id, seq=run.seq + 1, now=now)
+            )
             return self._apply(
                 conn,
                 run,
-                now=self.clock(),
+                now=now,
                 actor=actor,
                 changes={"status": status, "task": task},
                 messages=messages,

@@ -28,6 +28,7 @@ from pausepoint.persistence.records import (
     Transition,
 )
 from pausepoint.persistence.store.core import StoreCore, ensure_json
+from pausepoint.persistence.store.memory import summary_event, write_memories, write_summary
 from pausepoint.persistence.store.resources import hold_slot, release_holds
 from pausepoint.persistence.store.waits import open_wait
 from pausepoint.persistence.tables import (
@@ -182,7 +183,13 @@ class StepsRoom(StoreCore):
             "checkpoint_step": None if t.status in (COMPLETED, FAILED) else changes["step"],
             "events": events,  # the transaction below may add to both
         }
-        if self.dialect.commits_in_one_statement and not releases and t.status != WAITING:
+        remembers = not t.retry and (bool(t.memories) or t.summary is not None)
+        if (
+            self.dialect.commits_in_one_statement
+            and not releases
+            and not remembers
+            and t.status != WAITING
+        ):
             # The common step (go on, end, fail): one statement, one round trip.
             return self._apply(None, run, **step)
         with self.write() as conn:
@@ -192,6 +199,16 @@ class StepsRoom(StoreCore):
                     events.append(NewEvent("resource_released", {"resource": name}))
             if t.status == WAITING and t.wait is not None:
                 wait_status, wait_outcome = open_wait(conn, run, t.wait, now, events, changes)
+            if remembers:
+                # In this transaction: if its CAS below does not match, none of it is kept.
+                if t.summary is not None:
+                    write_summary(conn, run.id, run.seq + 1, t.summary, now)
+                    events.append(NewEvent("compacted", summary_event(t.summary)))
+                events.extend(
+                    write_memories(
+                        conn, run.agent_name, t.memories, run_id=run.id, seq=run.seq + 1, now=now
+                    )
+                )
             new = self._apply(
                 conn,
                 run,

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 from pausepoint.persistence.engine import make_engine
 from pausepoint.persistence.migrate import current_revision, head_revision, upgrade
 from pausepoint.persistence.store import Store
-from pausepoint.persistence.tables import metadata
+from pausepoint.persistence.tables import described, metadata
 
 
 def test_migrations_match_the_models(store_url: str) -> None:
@@ -18,7 +18,7 @@ def test_migrations_match_the_models(store_url: str) -> None:
         assert upgrade(engine) == head_revision()
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+                MigrationContext.configure(conn, opts={"compare_type": True, "include_name": described}), metadata
             )
         assert diff == [], f"models and migrations disagree: {diff}"
         tables = set(inspect(engine).get_table_names())

@@ -181,6 +181,7 @@ def test_each_run_gets_exactly_what_the_policy_allows(
             "messages": 6,
             "waits": 1,
             "deliveries": 0,
+            "summaries": 0,
         }
         assert d.store.verify(run_id) is None
     # Finished 2 days ago: keeps its last 2 checkpoints and its whole conversation.
