@@ -21,10 +21,20 @@ import os
 import socket
 from typing import Any
 
-from pausepoint.persistence.records import ACTIVE, PAUSED, NewEvent, NewMessage, RunRecord
+from pausepoint.persistence.records import (
+    ACTIVE,
+    PAUSED,
+    NewEvent,
+    NewMemory,
+    NewMessage,
+    Recalled,
+    RunRecord,
+)
 from pausepoint.persistence.store import Store
+from pausepoint.persistence.store.memory import CONTEXT_KEY, check_memory, summary_pointer
+from pausepoint.tasks.asking import Conversation, ask_within_budget
+from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, ListTurns, Summary
 from pausepoint.tasks.llm import LLMBackend, Message, ScriptedBackend
-from pausepoint.tasks.prompt import build_messages
 
 
 def _actor() -> str:
@@ -74,6 +84,11 @@ class Agent:
         self._paused = False
         self._session: RunRecord | None = None
         self._fresh_session = False
+        self._conversation = Conversation(None)
+        # Where the summary in effect is stored (its run and checkpoint), once it is.
+        self._summary_at: tuple[str, int] | None = None
+        self._pending_memories: list[NewMemory] = []
+        self.last_call: dict[str, Any] | None = None
         self._persistence.load_agent_state(self)
 
     # The configuration, as in the seed article.
@@ -106,6 +121,17 @@ class Agent:
         self._strategy = value
 
     @property
+    def model(self) -> dict[str, Any]:
+        """Model settings: ``model``, ``temperature``, ``context_window``, ``reply_tokens``,
+        ``context`` shares, ``memory`` (see :class:`ContextSettings`)."""
+        return self._model
+
+    @model.setter
+    def model(self, value: dict[str, Any]) -> None:
+        ContextSettings.from_model(value)  # refuse bad settings now, not at the next call
+        self._model = dict(value)
+
+    @property
     def task(self) -> str:
         return self._task
 
@@ -123,17 +149,53 @@ class Agent:
         return self._session.id if self._session is not None else None
 
     def execute(self, task: str) -> str:
-        """Run ``task`` with the agent's persona and conversation; the result is saved."""
+        """Run ``task`` with the agent's persona, memories and conversation (within the
+        model's budget, compacting older turns when they outgrow it); the result is saved."""
         self._task = task
-        messages = build_messages(
-            self._persona, self._instruction, self._strategy, self._history, task
+        settings = ContextSettings.from_model(self._model)
+        store = self._persistence.store
+        reply, _ = ask_within_budget(
+            builder=ContextBuilder(settings),
+            llm=self._llm,
+            agent=self,
+            prompt=task,
+            turns=ListTurns(self._history),
+            conversation=self._conversation,
+            recall=(
+                (lambda q, n: store.recall(self._name, q, limit=n))
+                if settings.use_memories
+                else None
+            ),
+            model=self._model.get("model"),
+            temperature=self._model.get("temperature"),
+            key=f"{self.run_id or self._name}:{len(self._history)}",
         )
-        reply = self._llm.complete(messages, model=self._model.get("model"))
+        self.last_call = self._conversation.calls[-1] if self._conversation.calls else None
         self._history.append({"role": "user", "content": task})
-        self._history.append({"role": "assistant", "content": reply})
+        self._history.append({"role": "assistant", "content": reply.text})
         self._paused = False
-        self._save("executed", {"task": task})
-        return reply
+        self._save("executed", {"task": task, "model_calls": self._conversation.calls})
+        return reply.text
+
+    def remember(
+        self,
+        content: str,
+        *,
+        kind: str = "fact",
+        subject: str | None = None,
+        key: str | None = None,
+        importance: float | None = None,
+    ) -> None:
+        """Add to the agent's long-term memory, which every later run and session of this
+        agent can recall (saved at once, with the session)."""
+        memory = NewMemory(content, kind=kind, subject=subject, key=key, importance=importance)
+        check_memory(memory)
+        self._pending_memories.append(memory)
+        self._save("remembered", {})
+
+    def recall(self, query: str, *, subject: str | None = None, limit: int = 10) -> list[Recalled]:
+        """The agent's memories that best fit ``query``, best first."""
+        return self._persistence.store.recall(self._name, query, subject=subject, limit=limit)
 
     def save_state(self) -> bool:
         """Save configuration, task and conversation; True when stored."""
@@ -150,6 +212,8 @@ class Agent:
         self._persona, self._instruction = record.persona, record.instruction
         self._strategy, self._model = record.strategy, dict(record.model)
         session = store.open_session(name, _actor())
+        summary, self._summary_at = _summary_of(store, session)
+        self._conversation = Conversation(summary)
         self._task = session.task
         self._history = [m.as_chat() for m in store.history(session.id, stop=session.history_len)]
         self._paused = session.status == PAUSED
@@ -189,15 +253,42 @@ class Agent:
             self._session = store.open_session(self._name, _actor(), fresh=self._fresh_session)
             self._fresh_session = False
         new = [NewMessage(m["role"], m["content"]) for m in self._history[self._saved_len :]]
+        state: dict[str, Any] = {"task": self._task, "paused": self._paused}
+        written = self._conversation.new_summary
+        summary = self._conversation.summary
+        if summary is not None:
+            # The summary in effect: the one this save writes, or the one loaded.
+            run, seq = (self._session.id, self._session.seq + 1)
+            if written is None and self._summary_at is not None:
+                run, seq = self._summary_at
+            state[CONTEXT_KEY] = {"summary_run": run, "summary_seq": seq, "covers": summary.covers}
         # StaleVersion here means another process saved this agent since we loaded it.
         self._session = store.save_session(
             self._session,
             actor=_actor(),
             status=PAUSED if self._paused else ACTIVE,
             task=self._task,
-            state={"task": self._task, "paused": self._paused},
+            state=state,
             messages=new,
             events=[NewEvent(kind, data)],
+            memories=self._pending_memories,
+            summary=written,
         )
+        if written is not None:
+            self._summary_at = (self._session.id, self._session.seq)
+            self._conversation.new_summary = None
+        self._conversation.calls = []
+        self._pending_memories = []
         self._saved_len = len(self._history)
         return True
+
+
+def _summary_of(
+    store: Store, session: RunRecord
+) -> tuple[Summary | None, tuple[str, int] | None]:
+    """The summary a session's latest checkpoint names (if still stored), and where."""
+    pointer = summary_pointer(store.checkpoint(session.id).state)
+    found = store.summary(*pointer) if pointer is not None else None
+    if found is None:
+        return None, None
+    return Summary(found.covers, found.content, found.tokens), pointer

@@ -25,6 +25,7 @@ from pausepoint.tasks.context_builder import (
     Turns,
     as_summary,
 )
+from pausepoint.tasks.counting import REPLY_PRIMING
 from pausepoint.tasks.llm import Completion, LLMBackend, chat
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ def ask_within_budget(
     settings = builder.settings
     budget = settings.budget
     for attempt in (1, 2):
-        assembled = _assemble(
-            builder, compactor, agent, prompt, turns, conversation, recall, task, input, budget
-        )
+        assembled: Assembled | None = None
         try:
+            assembled = _assemble(
+                builder, compactor, agent, prompt, turns, conversation, recall, task, input, budget
+            )
             reply = chat(
                 llm,
                 assembled.messages,
@@ -73,18 +75,21 @@ def ask_within_budget(
                 max_tokens=settings.reply,
             )
         except ContextTooLong as e:
+            what = "a compaction request" if assembled is None else f"{assembled.total} tokens"
             if attempt == 2:
                 raise ContextOverflow(
-                    f"the model refused the context as too long twice, the second time at "
-                    f"{assembled.total} tokens ({e}); set model['context_window'] to the "
+                    f"the model refused the context as too long twice, the second time "
+                    f"{what} at half the window ({e}); set model['context_window'] to the "
                     "model's real context size"
                 ) from e
-            log.warning(
-                "the model refused %d tokens as too long; compacting to half the budget",
-                assembled.total,
-            )
-            conversation.calls.append({"purpose": "refused", **assembled.record()})
-            budget = budget // 2
+            log.warning("the model refused %s as too long; compacting to half the window", what)
+            refused: dict[str, Any] = {"purpose": "refused", "budget": budget}
+            if assembled is not None:
+                refused.update(assembled.record())
+            conversation.calls.append(refused)
+            # Assume the model holds half the window it was said to: the prompt's budget is
+            # that less the reply's room.
+            budget = max(settings.window // 2 - settings.reply, settings.reply)
             continue
         call = {"purpose": "ask", **assembled.record()}
         if assembled.memories:
@@ -131,11 +136,11 @@ def _assemble(
     # Older turns did not fit: fold them into the summary, keeping the newest that fill
     # `keep_recent` of the recent share, so the next compaction is many calls away.
     _, summary_limit, recent_limit = builder.shares(
-        assembled.tokens["system"] + assembled.tokens["task"] + 3, budget
+        assembled.tokens["system"] + assembled.tokens["task"] + REPLY_PRIMING, budget
     )
     keep = int(recent_limit * builder.settings.keep_recent)
     _, _, upto = builder.recent(turns, start, keep)
-    new = compactor.compact(turns, conversation.summary, upto, summary_limit)
+    new = compactor.compact(turns, conversation.summary, upto, summary_limit, budget)
     conversation.new_summary = new
     conversation.summary = as_summary(new)
     assembled, _ = build()

@@ -16,18 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pausepoint.persistence.errors import ContextTooLong
 from pausepoint.persistence.records import NewSummary
 from pausepoint.tasks.context_builder import ContextBuilder, ContextOverflow, Summary, Turns
 from pausepoint.tasks.counting import REPLY_PRIMING, prompt_tokens, truncate
-from pausepoint.tasks.llm import LLMBackend, Message, chat
+from pausepoint.tasks.llm import SUMMARY_REQUEST, LLMBackend, Message, chat
 
 log = logging.getLogger(__name__)
 
-# The first words of every compaction request (the scripted backend knows them).
-COMPACTION_MARKER = "You keep the running summary of a conversation."
 INSTRUCTIONS = (
-    COMPACTION_MARKER
+    SUMMARY_REQUEST
     + " Rewrite the summary so far together with the new turns into one summary that "
     "keeps every fact, name, number, decision and open question a later turn may need. "
     "Write plain prose, no preamble."
@@ -47,9 +44,15 @@ class Compactor:
     record: Callable[[dict[str, Any]], None]
 
     def compact(
-        self, turns: Turns, summary: Summary | None, upto: int, limit: int
+        self,
+        turns: Turns,
+        summary: Summary | None,
+        upto: int,
+        limit: int,
+        budget: int | None = None,
     ) -> NewSummary:
-        """A summary of turns ``[0, upto)``, at most ``limit`` tokens."""
+        """A summary of turns ``[0, upto)``, at most ``limit`` tokens, in calls of at
+        most ``budget`` tokens (the settings' budget by default)."""
         counter = self.builder.counter
         settings = self.builder.settings
         limit = max(16, limit)
@@ -58,7 +61,8 @@ class Compactor:
         system: Message = {"role": "system", "content": INSTRUCTIONS}
         # One call's room for the new turns: the budget less the instructions, the
         # summary so far (at most `limit`) and the framing.
-        room = settings.budget - self.builder.tokens(system) - limit - REPLY_PRIMING - 16
+        budget = budget or settings.budget
+        room = budget - self.builder.tokens(system) - limit - REPLY_PRIMING - 16
         if room < 64:
             raise ContextOverflow(
                 f"the model's context ({settings.window} tokens) leaves no room to compact "
@@ -102,19 +106,14 @@ class Compactor:
             {"role": "user", "content": body},
         ]
         sent = prompt_tokens(self.builder.counter, messages)
-        try:
-            reply = chat(
-                self.llm,
-                messages,
-                model=self.model,
-                idempotency_key=f"{self.idempotency_key}:compact:{n}",
-                max_tokens=min(limit, self.builder.settings.reply),
-            )
-        except ContextTooLong as e:
-            raise ContextOverflow(
-                f"the model refused a compaction request of {sent} tokens as too long ({e}); "
-                "its model['context_window'] is probably set larger than the model's"
-            ) from e
+        # A ContextTooLong here goes up to ask_within_budget, which halves the budget once.
+        reply = chat(
+            self.llm,
+            messages,
+            model=self.model,
+            idempotency_key=f"{self.idempotency_key}:compact:{n}",
+            max_tokens=min(limit, self.builder.settings.reply),
+        )
         self.record(
             {
                 "purpose": "compact",

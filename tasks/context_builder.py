@@ -164,11 +164,17 @@ class Assembled:
         return {"tokens_in": dict(self.tokens), "prompt_tokens": self.total}
 
 
-@dataclass(frozen=True)
-class Agentish:
-    persona: str
-    instruction: str
-    strategy: str
+class Agentish(Protocol):
+    """Whose call it is: anything with a persona, an instruction and a strategy."""
+
+    @property
+    def persona(self) -> str: ...
+
+    @property
+    def instruction(self) -> str: ...
+
+    @property
+    def strategy(self) -> str: ...
 
 
 class ContextBuilder:

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 Message = dict[str, str]
 """One chat message in OpenAI format: ``{"role": "user", "content": "..."}``."""
 
+# The first words of every compaction request (tasks/compaction.py); the scripted
+# backend answers such a request with an extractive summary.
+SUMMARY_REQUEST = "You keep the running summary of a conversation."
+
 Reply = str | Callable[[Sequence[Message]], str]
 """What a :class:`ScriptedBackend` rule answers: a template string or a callable."""
 
@@ -445,6 +449,8 @@ class ScriptedBackend:
         transcript = [dict(m) for m in messages]
         self.calls.append([dict(m) for m in transcript])
         last = _last_user_content(transcript)
+        if transcript and transcript[0].get("content", "").startswith(SUMMARY_REQUEST):
+            return _extractive_summary(last)
 
         if self._rules is None:
             builtin = _builtin_reply(last)
@@ -458,6 +464,31 @@ class ScriptedBackend:
         if self.default is not None:
             return _render(self.default, transcript, last, None)
         return _echo(transcript, last)
+
+
+_SUMMARY_PARTS = re.compile(
+    r"Summary so far: (?P<old>.*?)\n\nNew turns:\n(?P<turns>.*)\n\nThe new summary, in at most "
+    r"(?P<limit>\d+) tokens:",
+    re.DOTALL,
+)
+
+
+def _extractive_summary(request: str) -> str:
+    """A deterministic stand-in for a model's summary: the summary so far and the first
+    words of each new turn, the oldest dropped first when it would not fit."""
+    found = _SUMMARY_PARTS.search(request)
+    if found is None:
+        return "[scripted] summary: " + " ".join(request.split()[:40])
+    old = found.group("old").strip()
+    parts = [] if old == "(none yet)" else [old]
+    for line in found.group("turns").splitlines():
+        words = line.split()
+        if words:
+            parts.append(" ".join(words[:14]))
+    # About three characters a token keeps well inside the limit the request names.
+    room = int(found.group("limit")) * 3
+    text = " | ".join(parts)
+    return text if len(text) <= room else "…" + text[len(text) - room + 1 :]
 
 
 def _render(reply: Reply, transcript: list[Message], last: str, found: re.Match[str] | None) -> str:

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from pausepoint.tasks.counting import default_counter, prompt_tokens
+
 __all__ = ["OpenAIServer", "PlannedResponse", "RecordedRequest"]
 
 ReplyFn = Callable[[dict[str, Any]], str]
@@ -156,6 +158,27 @@ class _Handler(BaseHTTPRequestHandler):
                 400, _error_body("'messages' is a required property", "invalid_request_error")
             )
             return
+        limit = owner.context_limit
+        if limit is not None:
+            used = owner.prompt_tokens(body) + int(body.get("max_tokens") or 0)
+            if used > limit:
+                # What OpenAI answers, word for word in its shape.
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {used} tokens. Please reduce the length of the messages."
+                )
+                self._send_json(
+                    400,
+                    {
+                        "error": {
+                            "message": message,
+                            "type": "invalid_request_error",
+                            "param": "messages",
+                            "code": "context_length_exceeded",
+                        }
+                    },
+                )
+                return
         content = planned.content if planned.content is not None else owner._reply(body)
         self._send_json(200, owner._completion(body, content), planned.headers)
 
@@ -186,8 +209,13 @@ class OpenAIServer:
         port: int = 0,
         api_key: str | None = None,
         reply: ReplyFn | None = None,
+        context_limit: int | None = None,
     ) -> None:
         self.host = host
+        # Like a real model: a request whose messages and max_tokens add up to more than
+        # this is refused with 400 context_length_exceeded.
+        self.context_limit = context_limit
+        self.counter = default_counter()
         self.requested_port = port
         self.api_key = api_key
         self.reply = reply
@@ -326,13 +354,18 @@ class OpenAIServer:
                 break
         return f"echo: {last}"
 
-    def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
-        prompt_tokens = sum(
-            len(str(m.get("content") or "").split())
+    def prompt_tokens(self, body: dict[str, Any]) -> int:
+        """What the request costs, counted as the client's builder counts it."""
+        chat = [
+            {"role": str(m.get("role")), "content": str(m.get("content") or "")}
             for m in body["messages"]
             if isinstance(m, dict)
-        )
-        completion_tokens = len(content.split())
+        ]
+        return prompt_tokens(self.counter, chat)
+
+    def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+        prompt_tokens = self.prompt_tokens(body)
+        completion_tokens = self.counter.count(content)
         with self._lock:
             n = next(self._ids)
         return {

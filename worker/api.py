@@ -359,7 +359,10 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         )
         return {"resumed": [r.id for r in resumed]}
 
+    from pausepoint.worker.memory_api import add_memory_routes
     from pausepoint.worker.web import mount_ui
+
+    add_memory_routes(api, rt)
 
     mount_ui(api, rt, keyring)
     return api

@@ -874,6 +874,12 @@ def demo(
     sys.exit(run_demo(directory, applications, console))
 
 
+# Command groups in their own modules (they use the helpers above).
+from pausepoint.worker.cli_memory import memory_cli  # noqa: E402
+
+cli.add_typer(memory_cli, name="memory")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cli()
