@@ -268,9 +268,7 @@ class _Collector:
             self.progress("memories", 0, 1)
             self.report.memories_removed = self.store.prune_memories(
                 older_than=_days_before(self.now, self.retention.memory_days),
-                superseded_older_than=_days_before(
-                    self.now, self.retention.superseded_memory_days
-                ),
+                superseded_older_than=_days_before(self.now, self.retention.superseded_memory_days),
                 dry_run=self.dry_run,
             )
             self.progress("memories", 1, 1)

@@ -403,7 +403,9 @@ memories = Table(
     Column("retracted_at", Timestamp, nullable=True),
 )
 Index("ix_memories_agent_name_created_at", memories.c.agent_name, memories.c.created_at)
-partial(memories, "ix_memories_agent_name_subject_key", "agent_name", "subject", "key", present="key")
+partial(
+    memories, "ix_memories_agent_name_subject_key", "agent_name", "subject", "key", present="key"
+)
 partial(memories, "ix_memories_run_id_seq", "run_id", "seq", present="run_id")
 partial(memories, "ix_memories_superseded_by", "superseded_by", present="superseded_by")
 
@@ -458,6 +460,7 @@ SEARCH_OBJECTS = frozenset(
 def described(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic's ``include_name``: leave out the search objects the dialects add."""
     return name not in SEARCH_OBJECTS
+
 
 ALL_TABLES = (
     agents,

@@ -283,9 +283,7 @@ class Agent:
         return True
 
 
-def _summary_of(
-    store: Store, session: RunRecord
-) -> tuple[Summary | None, tuple[str, int] | None]:
+def _summary_of(store: Store, session: RunRecord) -> tuple[Summary | None, tuple[str, int] | None]:
     """The summary a session's latest checkpoint names (if still stored), and where."""
     pointer = summary_pointer(store.checkpoint(session.id).state)
     found = store.summary(*pointer) if pointer is not None else None

@@ -8,7 +8,6 @@ their calls the same way (:mod:`pausepoint.tasks.context_builder`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -145,9 +145,7 @@ class StepContext:
             self._conversation = Conversation(summary)
         return self._conversation
 
-    def ask(
-        self, prompt: str, *, window: int | None = None, subject: str | None = None
-    ) -> str:
+    def ask(self, prompt: str, *, window: int | None = None, subject: str | None = None) -> str:
         """Ask the agent's model, and record both turns.
 
         The call is assembled under the model's budget (see
@@ -202,9 +200,7 @@ class StepContext:
         check_memory(memory)
         self.new_memories.append(memory)
 
-    def recall(
-        self, query: str, *, subject: str | None = None, limit: int = 10
-    ) -> list[Recalled]:
+    def recall(self, query: str, *, subject: str | None = None, limit: int = 10) -> list[Recalled]:
         """The agent's memories that best fit ``query`` (about ``subject`` or none)."""
         return self._store.recall(
             self.agent.name, query, subject=subject or self.subject, limit=limit

@@ -60,9 +60,7 @@ def list_cmd(
     agent: AgentArg,
     subject: Subject = None,
     kind: Annotated[str | None, typer.Option(help=f"One of: {', '.join(MEMORY_KINDS)}.")] = None,
-    all_: Annotated[
-        bool, typer.Option("--all", help="Superseded and retracted ones too.")
-    ] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Superseded and retracted ones too.")] = False,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     before: Annotated[int | None, typer.Option(help="Page: memories older than this id.")] = None,
     as_json: Json = False,

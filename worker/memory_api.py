@@ -41,7 +41,7 @@ class Forget(BaseModel):
 
 
 def memory_view(memory: Any, **extra: Any) -> dict[str, Any]:
-    out = plain(memory)
+    out: dict[str, Any] = plain(memory)
     out["current"] = memory.current
     out.update(extra)
     return out

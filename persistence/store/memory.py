@@ -228,9 +228,7 @@ def forked_summary(
         return state, None
     row = (
         conn.execute(
-            select(summaries).where(
-                summaries.c.run_id == pointer[0], summaries.c.seq == pointer[1]
-            )
+            select(summaries).where(summaries.c.run_id == pointer[0], summaries.c.seq == pointer[1])
         )
         .mappings()
         .first()

@@ -15,7 +15,17 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, column, func, literal_column, select, text
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    column,
+    func,
+    literal_column,
+    select,
+)
 
 from pausepoint.persistence.errors import StaleVersion
 from pausepoint.persistence.records import (
@@ -294,10 +304,10 @@ class PostgresDialect(Dialect):
     ) -> list[tuple[int, float]]:
         # Any of the words: each a bound plainto_tsquery (stemmed, stop words dropped),
         # OR-ed together, so no query text is ever tsquery syntax.
-        query = func.plainto_tsquery("english", terms[0])
+        query: ColumnElement[Any] = func.plainto_tsquery("english", terms[0])
         for term in terms[1:]:
             query = query.op("||")(func.plainto_tsquery("english", term))
-        search = column("search")
+        search: ColumnElement[Any] = column("search")
         rank = func.ts_rank_cd(search, query)
         found = (
             select(memories.c.id, rank.label("rank"))

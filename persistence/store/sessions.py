@@ -79,7 +79,9 @@ class SessionsRoom(RunsRoom):
                 write_summary(conn, run.id, run.seq + 1, summary, now)
                 events.append(NewEvent("compacted", summary_event(summary)))
             events.extend(
-                write_memories(conn, run.agent_name, memories, run_id=run.id, seq=run.seq + 1, now=now)
+                write_memories(
+                    conn, run.agent_name, memories, run_id=run.id, seq=run.seq + 1, now=now
+                )
             )
             return self._apply(
                 conn,

@@ -79,7 +79,8 @@ def test_any_query_text_is_searched_as_words_never_as_syntax(store: Store, query
 def test_a_newer_memory_with_the_same_key_supersedes_the_older(store: Store) -> None:
     seed(store)
     store.remember(
-        "helper", NewMemory("Alice moved from Lisbon to Porto.", subject="alice", key="city"),
+        "helper",
+        NewMemory("Alice moved from Lisbon to Porto.", subject="alice", key="city"),
         actor="t",
     )
     found = contents(store.recall("helper", "Where does Alice live? Lisbon Porto", subject="alice"))
@@ -289,5 +290,5 @@ def test_recall_scores_recency_and_importance_between_equally_relevant_ones(stor
     store.remember("ranker", NewMemory("the printer code is 42"), actor="t")
     store.remember("ranker", NewMemory("the printer code is 42", importance=1.0), actor="t")
     found = store.recall("ranker", "printer code")
-    assert [r.memory.importance for r in found][0] == 1.0
+    assert found[0].memory.importance == 1.0
     assert found[-1].memory.id == old.id and found[-1].recency < 0.2

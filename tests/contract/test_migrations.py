@@ -18,7 +18,10 @@ def test_migrations_match_the_models(store_url: str) -> None:
         assert upgrade(engine) == head_revision()
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True, "include_name": described}), metadata
+                MigrationContext.configure(
+                    conn, opts={"compare_type": True, "include_name": described}
+                ),
+                metadata,
             )
         assert diff == [], f"models and migrations disagree: {diff}"
         tables = set(inspect(engine).get_table_names())

@@ -506,8 +506,9 @@ def test_gc_dry_run_changes_nothing_then_gc_spares_held_and_live_runs(home: Home
     before = home.rows()
     dry = home.ok("gc", "--dry-run", PAUSEPOINT_RETENTION_DAYS="0")
     assert "Retention: dry run, nothing was changed" in dry.text, str(dry)
-    assert "run state (purged) 1 run(s): 3 checkpoints, 0 deliveries, 4 messages, 0 summaries, 1 waits" in (
-        dry.text
+    assert (
+        "run state (purged) 1 run(s): 3 checkpoints, 0 deliveries, 4 messages, 0 summaries, 1 waits"
+        in (dry.text)
     ), str(dry)
     assert home.rows() == before
 

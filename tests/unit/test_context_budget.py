@@ -42,7 +42,8 @@ def turns(n: int, seed: int = 1) -> list[Message]:
     return [
         {
             "role": "user" if i % 2 == 0 else "assistant",
-            "content": f"turn {i}: " + " ".join(rnd.choice(words) for _ in range(rnd.randint(5, 60))),
+            "content": f"turn {i}: "
+            + " ".join(rnd.choice(words) for _ in range(rnd.randint(5, 60))),
         }
         for i in range(n)
     ]
@@ -77,8 +78,20 @@ def test_memories_get_their_share_and_are_dropped_before_the_prompt() -> None:
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     found = [
         Recalled(
-            MemoryRecord(i, "a", "fact", None, None, f"memory {i} " + "x " * 60, None, None, None,
-                         now, None, None),
+            MemoryRecord(
+                i,
+                "a",
+                "fact",
+                None,
+                None,
+                f"memory {i} " + "x " * 60,
+                None,
+                None,
+                None,
+                now,
+                None,
+                None,
+            ),
             1.0 - i / 100,
             1.0,
             1.0,
@@ -90,7 +103,9 @@ def test_memories_get_their_share_and_are_dropped_before_the_prompt() -> None:
     assembled, _ = builder.assemble(
         Who(), "Who am I?", ListTurns([]), summary=None, recall=lambda q, n: found[:n]
     )
-    share = int((settings.budget - assembled.tokens["system"] - assembled.tokens["task"] - 3) * 0.25)
+    share = int(
+        (settings.budget - assembled.tokens["system"] - assembled.tokens["task"] - 3) * 0.25
+    )
     assert 0 < assembled.tokens["memories"] <= share
     assert assembled.memories == list(range(len(assembled.memories)))  # best first
     assert assembled.total <= settings.budget
@@ -262,7 +277,10 @@ def test_a_step_that_raises_after_asking_keeps_no_summary_and_no_memory(store: S
     assert memory.run_id == run.id and memory.content == "the vault code is 1234"
     remembered = [e for e in store.events(run.id) if e.kind == "remembered"]
     assert remembered[0].data == {
-        "memory": memory.id, "kind": "fact", "subject": "vault", "key": "code"
+        "memory": memory.id,
+        "kind": "fact",
+        "subject": "vault",
+        "key": "code",
     }
 
 

@@ -79,8 +79,9 @@ def test_the_server_refuses_like_openai_and_the_client_says_so() -> None:
 def test_context_length_exceeded_compacts_and_retries_once(sqlite_url: str) -> None:
     store = Store.from_url(sqlite_url)
     # The agent is told 4k; the model behind the URL really holds 2k.
-    store.save_agent("a", persona="I track clients.",
-                     model={"context_window": 4096, "reply_tokens": 256})
+    store.save_agent(
+        "a", persona="I track clients.", model={"context_window": 4096, "reply_tokens": 256}
+    )
     with OpenAIServer(context_limit=2048) as srv:
         run_id = run(store, srv, chatty(steps=40, ask_at=39))
         requests = len(srv.requests)
@@ -115,9 +116,16 @@ def test_any_other_400_fails_at_once_and_is_not_retried(sqlite_url: str) -> None
     store = Store.from_url(sqlite_url)
     store.save_agent("a", persona="p", model={"model": "no-such-model"})
     with OpenAIServer() as srv:
-        srv.plan(status=400, body={"error": {"message": "The model does not exist",
-                                              "type": "invalid_request_error",
-                                              "code": "model_not_found"}})
+        srv.plan(
+            status=400,
+            body={
+                "error": {
+                    "message": "The model does not exist",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }
+            },
+        )
         run_id = run(store, srv, chatty(steps=1, ask_at=0), max_retries=3)
         sent = len(srv.requests)
     failed = store.get_run(run_id)

@@ -30,8 +30,10 @@ def corpus() -> dict[str, str]:
         "readme": (ROOT / "README.md").read_text(),
         "code": "".join(p.read_text() for p in sorted((ROOT / "tasks").glob("*.py"))),
         "json": json.dumps(
-            [{"id": i, "name": f"user{i}", "score": rnd.random(), "tags": ["a", "bb"]}
-             for i in range(300)]
+            [
+                {"id": i, "name": f"user{i}", "score": rnd.random(), "tags": ["a", "bb"]}
+                for i in range(300)
+            ]
         ),
         "numbers": " ".join(str(rnd.randint(0, 10 ** rnd.randint(1, 12))) for _ in range(2000)),
         "digits": "".join(rnd.choice(string.digits) for _ in range(5000)),
@@ -70,7 +72,9 @@ def real() -> TiktokenCounter:
 
 
 @pytest.mark.parametrize("kind", sorted(corpus()))
-def test_the_estimate_never_undercounts_the_real_tokenizer(real: TiktokenCounter, kind: str) -> None:
+def test_the_estimate_never_undercounts_the_real_tokenizer(
+    real: TiktokenCounter, kind: str
+) -> None:
     text = corpus()[kind]
     estimate = EstimateCounter()
     assert estimate.count(text) >= real.count(text)

@@ -19,13 +19,20 @@ from tests.unit.test_cli import Cli, cli  # noqa: F401
 def test_memories_over_http_list_search_write_and_forget(env: Env) -> None:  # noqa: F811
     base = "/agents/loan_processor/memories"
     made = env.ok(
-        env.post(base, {"content": "Dana earns 80k", "subject": "dana", "key": "income"},
-                 key=PRODUCER),
+        env.post(
+            base, {"content": "Dana earns 80k", "subject": "dana", "key": "income"}, key=PRODUCER
+        ),
         201,
     )
     assert made["current"] and made["subject"] == "dana"
-    env.ok(env.post(base, {"content": "Dana now earns 95k", "subject": "dana", "key": "income"},
-                    key=PRODUCER), 201)
+    env.ok(
+        env.post(
+            base,
+            {"content": "Dana now earns 95k", "subject": "dana", "key": "income"},
+            key=PRODUCER,
+        ),
+        201,
+    )
     for i in range(5):
         env.ok(env.post(base, {"content": f"general note {i}"}, key=PRODUCER), 201)
 
@@ -65,10 +72,16 @@ def test_memories_over_http_list_search_write_and_forget(env: Env) -> None:  # n
 
 def test_memory_commands(cli: Cli) -> None:  # noqa: F811
     assert cli("agent", "helper", "--persona", "I help.").code == 0
-    assert cli("memory", "add", "helper", "Eve likes tea", "--subject", "eve",
-                   "--key", "drink").code == 0
-    assert cli("memory", "add", "helper", "Eve likes coffee now", "--subject", "eve",
-                   "--key", "drink").code == 0
+    assert (
+        cli("memory", "add", "helper", "Eve likes tea", "--subject", "eve", "--key", "drink").code
+        == 0
+    )
+    assert (
+        cli(
+            "memory", "add", "helper", "Eve likes coffee now", "--subject", "eve", "--key", "drink"
+        ).code
+        == 0
+    )
     listed = cli("memory", "list", "helper", "--all")
     assert listed.code == 0 and "superseded" in listed.out and "coffee" in listed.out
     found = cli("memory", "search", "helper", "what does Eve drink", "--json")
@@ -132,7 +145,11 @@ def test_the_seed_agent_stays_within_budget_and_keeps_its_summary(tmp_path: Path
     # A new process loads the summary in effect with the session.
     again = AgentPersistence(db)
     later = ScriptedBackend(default="ok", context_limit=limit)
-    resumed = Agent("talker", again, llm=later, )
+    resumed = Agent(
+        "talker",
+        again,
+        llm=later,
+    )
     resumed.execute("And what now?")
     assert any(
         m["content"].startswith("Summary of the earlier conversation")

@@ -72,9 +72,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_memories"),
     )
-    op.create_index(
-        "ix_memories_agent_name_created_at", "memories", ["agent_name", "created_at"]
-    )
+    op.create_index("ix_memories_agent_name_created_at", "memories", ["agent_name", "created_at"])
     for name, columns, present in (
         ("ix_memories_agent_name_subject_key", ["agent_name", "subject", "key"], "key"),
         ("ix_memories_run_id_seq", ["run_id", "seq"], "run_id"),
