@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "store_profile.json"
     )
+    memory = sub.add_parser(
+        "memory",
+        help="agent memory: recall at a 2k/8k budget vs last turns and full history, "
+        "recall latency at 1k/100k memories, a 20,000-message run",
+    )
+    memory.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    memory.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory.json")
     every = sub.add_parser(
         "all",
         help="every benchmark (throughput, checkpoint, resume, parked): table, JSON and PNG",
@@ -72,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or args.repeats < 1:
             parser.error(f"unknown benchmark(s) {unknown}" if unknown else "--repeats >= 1")
         return run_all(names, args.repeats, args.quick, args.out_dir)
+    if args.benchmark == "memory":
+        from bench import memory_bench
+
+        return memory_bench.run(quick=args.quick, out=args.out)
     if args.benchmark == "store":
         from bench import store_profile
 

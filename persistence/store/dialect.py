@@ -79,9 +79,19 @@ class Dialect:
         terms: Sequence[str],
         where: ColumnElement[bool],
         limit: int,
+        *,
+        every: bool = False,
+        matches: int | None = None,
     ) -> list[tuple[int, float]]:
         """``(memory id, relevance)`` of the ``limit`` memories matching any of ``terms``
-        (and ``where``) best, best first; relevance is larger for a better match."""
+        (all of them, with ``every``) and ``where`` best, best first; relevance is larger
+        for a better match. ``matches``: the terms are known to match at most that many
+        memories of every agent (so all of them may be ranked)."""
+        raise NotImplementedError
+
+    def term_counts(self, conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
+        """About how many memories (of every agent) hold each of ``terms``, up to ``cap``:
+        0 for a word that finds nothing."""
         raise NotImplementedError
 
     def after_erase(self, conn: Connection) -> None:

@@ -48,6 +48,8 @@ RECENCY_HALF_LIFE_DAYS = 30.0
 CANDIDATES = 40
 RECENT_CANDIDATES = 8
 MAX_TERMS = 24
+# At most about this many memories are scored per recall (see MemoryRoom._search).
+RANKED_ROWS = 500
 MAX_CONTENT = 20_000
 MAX_PAGE = 500
 
@@ -322,11 +324,7 @@ class MemoryRoom(StoreCore):
                 current, or_(memories.c.subject == subject, memories.c.subject.is_(None))
             )
         with self.read() as conn:
-            found = (
-                self.dialect.search_memories(conn, agent, terms, current, CANDIDATES)
-                if terms
-                else []
-            )
+            found = self._search(conn, agent, terms, current) if terms else []
             relevance = dict(found)
             ids = list(relevance)
             if not terms:
@@ -359,6 +357,40 @@ class MemoryRoom(StoreCore):
             scored.append(Recalled(m, round(score, 6), round(rel, 6), round(recency, 6)))
         scored.sort(key=lambda r: (-r.score, -r.memory.id))
         return scored[:limit]
+
+    def _search(
+        self, conn: Connection, agent: str, terms: list[str], current: Any
+    ) -> list[tuple[int, float]]:
+        """Full-text candidates, ranked by the index, in bounded work.
+
+        Neither FTS5 nor Postgres skips documents the way Lucene's WAND does: both score
+        every memory that holds any query word, so one everyday word would make a recall
+        among 100,000 memories score most of them. So each word's matches are counted
+        first (up to ``RANKED_ROWS``), and the rarest words, which carry the most weight
+        in BM25 anyway, are ranked together while their matches add up to at most
+        ``RANKED_ROWS``. When even the rarest word is that common, memories holding all
+        the words (a small intersection) are ranked instead."""
+        counts = self.dialect.term_counts(conn, terms, RANKED_ROWS)
+        present = sorted((t for t in terms if counts[t]), key=lambda t: counts[t])
+        if not present:
+            return []
+        if counts[present[0]] >= RANKED_ROWS:
+            found: list[tuple[int, float]] = []
+            for words in (present, present[:2]):
+                if len(words) > 1 and len(found) < RECENT_CANDIDATES:
+                    found = self.dialect.search_memories(
+                        conn, agent, words, current, CANDIDATES, every=True
+                    )
+            return found
+        chosen, total = [], 0
+        for t in present:
+            if chosen and total + counts[t] > RANKED_ROWS:
+                break
+            chosen.append(t)
+            total += counts[t]
+        return self.dialect.search_memories(
+            conn, agent, chosen, current, CANDIDATES, matches=RANKED_ROWS
+        )
 
     def forget(self, agent: str, subject: str, *, actor: str, reason: str = "") -> int:
         """Erase every memory of ``agent`` about ``subject`` (content and all); how many.

@@ -10,6 +10,7 @@ a timestamp or a digest is written and read here exactly as everywhere else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +26,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    text,
 )
 
 from pausepoint.persistence.errors import StaleVersion
@@ -77,6 +79,7 @@ class PostgresDialect(Dialect):
         self._binds: dict[Column[Any], Processor | None] = {}
         self._results: dict[tuple[Column[Any], int], Processor | None] = {}
         self._sql: dict[tuple[Any, ...], str] = {}
+        self._stats: tuple[float, tuple[dict[str, float], float, float]] | None = None
 
     # ------------------------------------------------------------ conversions
 
@@ -294,6 +297,14 @@ class PostgresDialect(Dialect):
         self._sql[shape] = sql
         return sql
 
+    def _tsquery(self, terms: Sequence[str], every: bool) -> ColumnElement[Any]:
+        # Each word a bound plainto_tsquery (stemmed, stop words dropped), OR-ed (or
+        # AND-ed) together, so no query text is ever tsquery syntax.
+        query: ColumnElement[Any] = func.plainto_tsquery("english", terms[0])
+        for term in terms[1:]:
+            query = query.op("&&" if every else "||")(func.plainto_tsquery("english", term))
+        return query
+
     def search_memories(
         self,
         conn: Connection,
@@ -301,12 +312,11 @@ class PostgresDialect(Dialect):
         terms: Sequence[str],
         where: ColumnElement[bool],
         limit: int,
+        *,
+        every: bool = False,
+        matches: int | None = None,
     ) -> list[tuple[int, float]]:
-        # Any of the words: each a bound plainto_tsquery (stemmed, stop words dropped),
-        # OR-ed together, so no query text is ever tsquery syntax.
-        query: ColumnElement[Any] = func.plainto_tsquery("english", terms[0])
-        for term in terms[1:]:
-            query = query.op("||")(func.plainto_tsquery("english", term))
+        query = self._tsquery(terms, every)
         search: ColumnElement[Any] = column("search")
         rank = func.ts_rank_cd(search, query)
         found = (
@@ -316,3 +326,52 @@ class PostgresDialect(Dialect):
             .limit(limit)
         )
         return [(int(i), float(r)) for i, r in conn.execute(found)]
+
+    def term_counts(self, conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
+        # From the planner's statistics of the tsvector column (ANALYZE's most common
+        # lexemes and their frequencies), not by scanning: a word that is not among them
+        # is rarer than the rarest that is. No table is read.
+        rows = conn.execute(
+            text(
+                "SELECT t, tsvector_to_array(to_tsvector('english', t)) "
+                "FROM unnest(CAST(:terms AS text[])) AS t"
+            ),
+            {"terms": list(terms)},
+        ).all()
+        common, total, floor = self._lexeme_stats(conn)
+        out: dict[str, int] = {}
+        for term, lexemes in rows:
+            if not lexemes:
+                out[term] = 0  # a stop word: it finds nothing
+                continue
+            share = min(common.get(x, floor) for x in lexemes)
+            out[term] = min(cap, max(1, int(share * total)))
+        return out
+
+    def _lexeme_stats(self, conn: Connection) -> tuple[dict[str, float], float, float]:
+        """(lexeme -> share of rows holding it, rows, share below which none is listed),
+        read at most once a minute."""
+        now = time.monotonic()
+        if self._stats is not None and now - self._stats[0] < 60:
+            return self._stats[1]
+        row = conn.execute(
+            text(
+                "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, "
+                "c.reltuples FROM pg_class c LEFT JOIN pg_stats s ON s.tablename = c.relname "
+                "AND s.schemaname = current_schema() AND s.attname = 'search' "
+                "WHERE c.oid = 'memories'::regclass"
+            )
+        ).first()
+        common: dict[str, float] = {}
+        rows, floor = 0.0, 0.0
+        if row is not None:
+            elems, freqs, reltuples = row
+            rows = max(0.0, float(reltuples or 0))
+            if elems and freqs:
+                # The array ends with the minimum, maximum and null frequencies.
+                common = dict(zip(elems, freqs[: len(elems)], strict=False))
+                floor = float(freqs[len(elems)]) if len(freqs) > len(elems) else 0.0
+        # Never analysed (rows unknown): every word counts as rare; ranking then reads
+        # all its matches, which a small table makes cheap.
+        self._stats = (now, (common, rows, floor))
+        return common, rows, floor

@@ -6,7 +6,8 @@
 * summaries: a run's compacted conversation, each covering messages [0, covers);
 * memory_erasures: who erased a subject's memories (forget), when and why;
 * search: on SQLite an FTS5 index (porter stemming, BM25) over memories.content kept in
-  step by triggers; on Postgres a stored tsvector column (english) with a GIN index.
+  step by triggers; on Postgres a stored tsvector column (english) with a GIN index
+  (fastupdate off, so searches never scan a pending list).
 
 Revision ID: 0006
 Revises: 0005
@@ -45,7 +46,10 @@ SQLITE_SEARCH = [
 POSTGRES_SEARCH = [
     "ALTER TABLE memories ADD COLUMN search tsvector "
     "GENERATED ALWAYS AS (to_tsvector('english', content)) STORED",
-    "CREATE INDEX ix_memories_search ON memories USING gin (search)",
+    # fastupdate off: a new memory goes into the index at once, instead of a pending list
+    # that every search would scan until the next vacuum (measured: 4.5 ms of a 5.5 ms
+    # search at 20,000 memories).
+    "CREATE INDEX ix_memories_search ON memories USING gin (search) WITH (fastupdate = off)",
 ]
 
 
