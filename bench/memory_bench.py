@@ -223,6 +223,7 @@ def fill(store: Store, agent: str, count: int, seed: int = 5) -> None:
                 "importance": None,
                 "run_id": None,
                 "seq": None,
+                "actor": "bench",
                 "created_at": now,
             }
             for _ in range(min(batch, count - start))
@@ -232,11 +233,16 @@ def fill(store: Store, agent: str, count: int, seed: int = 5) -> None:
     store.vocabulary = vocabulary  # type: ignore[attr-defined]
 
 
-def timed(fn: Callable[[], Any], n: int) -> list[float]:
+def each(items: list[Any], fn: Callable[[Any], Any]) -> list[Callable[[], Any]]:
+    return [lambda x=x: fn(x) for x in items]
+
+
+def timed(calls: list[Callable[[], Any]]) -> list[float]:
+    """Milliseconds of each call."""
     out = []
-    for _ in range(n):
+    for call in calls:
         t0 = time.perf_counter()
-        fn()
+        call()
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
@@ -289,10 +295,9 @@ def latency_benchmark(quick: bool) -> dict[str, Any]:
                 texts.append(" ".join(picked) + " " + _words(rnd, vocab, 2))
             for t in texts[:10]:
                 store.recall(agent, t, limit=12)  # warm up
-            it = iter(texts)
-            recall = timed(lambda: store.recall(agent, next(it), limit=12), queries)
-            keys = iter(rnd.choice(ids) for _ in range(queries))
-            lookup = timed(lambda: store.memory(next(keys)), queries)
+            recall = timed(each(texts, lambda t, s=store, a=agent: s.recall(a, t, limit=12)))
+            keys = [rnd.choice(ids) for _ in range(queries)]
+            lookup = timed(each(keys, store.memory))
             out[f"{kind}/{size}"] = {
                 "recall_p50_ms": pct(recall, 0.5),
                 "recall_p99_ms": pct(recall, 0.99),

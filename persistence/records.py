@@ -196,6 +196,7 @@ class MemoryRecord(Row):
     importance: float | None
     run_id: str | None
     seq: int | None
+    actor: str
     created_at: datetime
     superseded_by: int | None
     retracted_at: datetime | None

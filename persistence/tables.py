@@ -398,6 +398,8 @@ memories = Table(
     # key: a memory outlives its run's retention).
     Column("run_id", String(32), nullable=True),
     Column("seq", Integer, nullable=True),
+    # Who wrote it: the worker whose step committed it, or the operator or script.
+    Column("actor", String(200), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("superseded_by", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("retracted_at", Timestamp, nullable=True),

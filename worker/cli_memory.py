@@ -26,7 +26,7 @@ Json = Annotated[bool, typer.Option("--json", help="JSON lines instead of a tabl
 
 def _table(title: str, rows: list[MemoryRecord], found: list[Recalled] | None = None) -> Table:
     table = Table(title=title, header_style="bold")
-    for col in ("id", "kind", "subject", "key", "when", "from run", "content"):
+    for col in ("id", "kind", "subject", "key", "when", "from", "content"):
         table.add_column(col, overflow="fold")
     if found is not None:
         table.add_column("score", justify="right")
@@ -38,7 +38,7 @@ def _table(title: str, rows: list[MemoryRecord], found: list[Recalled] | None = 
             Text(m.subject or "-"),
             Text(m.key or "-"),
             Text(f"{m.created_at:%Y-%m-%d %H:%M}"),
-            Text((m.run_id or "-")[:8] + (f"@{m.seq}" if m.seq is not None else "")),
+            Text(f"run {m.run_id[:8]}@{m.seq}" if m.run_id and m.seq is not None else m.actor),
             Text(short(m.content, 90)),
         ]
         if found is not None:

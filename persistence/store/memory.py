@@ -98,6 +98,7 @@ def write_memories(
     run_id: str | None,
     seq: int | None,
     now: datetime,
+    actor: str,
 ) -> list[NewEvent]:
     """Insert ``new`` for ``agent`` (superseding by key); the events that record them."""
     events = []
@@ -114,6 +115,7 @@ def write_memories(
                 importance=m.importance,
                 run_id=run_id,
                 seq=seq,
+                actor=actor,
                 created_at=now,
             )
             .returning(memories.c.id)
@@ -254,7 +256,9 @@ class MemoryRoom(StoreCore):
         ``ctx.remember``, which writes with the step's commit."""
         with self.write() as conn:
             queries.get_agent(conn, agent)
-            write_memories(conn, agent, [memory], run_id=run_id, seq=None, now=self.clock())
+            write_memories(
+                conn, agent, [memory], run_id=run_id, seq=None, now=self.clock(), actor=actor
+            )
             row = conn.execute(
                 select(memories)
                 .where(memories.c.agent_name == agent)

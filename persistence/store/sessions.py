@@ -80,7 +80,13 @@ class SessionsRoom(RunsRoom):
                 events.append(NewEvent("compacted", summary_event(summary)))
             events.extend(
                 write_memories(
-                    conn, run.agent_name, memories, run_id=run.id, seq=run.seq + 1, now=now
+                    conn,
+                    run.agent_name,
+                    memories,
+                    run_id=run.id,
+                    seq=run.seq + 1,
+                    now=now,
+                    actor=actor,
                 )
             )
             return self._apply(

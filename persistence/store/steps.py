@@ -206,7 +206,13 @@ class StepsRoom(StoreCore):
                     events.append(NewEvent("compacted", summary_event(t.summary)))
                 events.extend(
                     write_memories(
-                        conn, run.agent_name, t.memories, run_id=run.id, seq=run.seq + 1, now=now
+                        conn,
+                        run.agent_name,
+                        t.memories,
+                        run_id=run.id,
+                        seq=run.seq + 1,
+                        now=now,
+                        actor=owner,
                     )
                 )
             new = self._apply(

@@ -88,6 +88,7 @@ def test_memories_get_their_share_and_are_dropped_before_the_prompt() -> None:
                 None,
                 None,
                 None,
+                "test",
                 now,
                 None,
                 None,

@@ -65,6 +65,7 @@ def upgrade() -> None:
         sa.Column("importance", sa.Float(), nullable=True),
         sa.Column("run_id", sa.String(length=32), nullable=True),
         sa.Column("seq", sa.Integer(), nullable=True),
+        sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("superseded_by", ID, nullable=True),
         sa.Column("retracted_at", sa.DateTime(timezone=True), nullable=True),
