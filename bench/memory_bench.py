@@ -120,9 +120,12 @@ def recall_benchmark(store: Store, quick: bool) -> dict[str, Any]:
     loaded = time.monotonic() - started
     log(f"recall: {sum(len(a.runs) for a in agents)} past runs loaded in {loaded:.1f}s")
     counter = default_counter()
-    methods = ("memory", "last_turns", "full_history")
+    # "memory": the run is about its customer (input["subject"]), as a desk's would be;
+    # "memory_any": the same recall over all the agent's customers (ranking alone).
+    methods = ("memory", "memory_any", "last_turns", "full_history")
     scores: dict[int, dict[str, dict[str, list[bool]]]] = {}
     over: dict[int, dict[str, int]] = {}
+    top: dict[str, list[bool]] = {"memory": [], "memory_any": []}
     for budget in BUDGETS:
         settings = ContextSettings(window=budget + REPLY, reply=REPLY)
         builder = ContextBuilder(settings, counter)
@@ -133,9 +136,19 @@ def recall_benchmark(store: Store, quick: bool) -> dict[str, Any]:
             def recall(text: str, n: int, q: Question = q) -> Any:
                 return store.recall(q.agent, text, subject=q.subject, limit=n)
 
+            def recall_any(text: str, n: int, q: Question = q) -> Any:
+                return store.recall(q.agent, text, limit=n)
+
             ours, _ = builder.assemble(
                 Persona(), q.text, ListTurns([]), summary=None, recall=recall
             )
+            anyone, _ = builder.assemble(
+                Persona(), q.text, ListTurns([]), summary=None, recall=recall_any
+            )
+            if q.kind in ("single", "update") and budget == BUDGETS[0]:
+                for method, fn in (("memory", recall), ("memory_any", recall_any)):
+                    best = fn(q.text, 1)
+                    top[method].append(bool(best) and best[0].memory.content == q.needed[0])
             head, ask, _ = builder.fixed(Persona(), q.text)
             history = past[q.agent]
             last, _, _ = builder.recent(
@@ -145,13 +158,14 @@ def recall_benchmark(store: Store, quick: bool) -> dict[str, Any]:
             full = [*head, *history, ask]
             for method, messages in (
                 ("memory", ours.messages),
+                ("memory_any", anyone.messages),
                 ("last_turns", window),
                 ("full_history", full),
             ):
                 within = prompt_tokens(counter, messages) <= settings.budget
                 over[budget][method] += not within
                 scores[budget][method].setdefault(q.kind, []).append(
-                    within and judge(messages, q, turns=method != "memory")
+                    within and judge(messages, q, turns=not method.startswith("memory"))
                 )
     table: dict[str, Any] = {}
     for budget in BUDGETS:
@@ -165,6 +179,7 @@ def recall_benchmark(store: Store, quick: bool) -> dict[str, Any]:
             row["over_budget"] = over[budget][method]
             table[f"{budget}/{method}"] = row
     return {
+        "top1_single_and_update": {m: round(sum(v) / len(v), 3) for m, v in top.items()},
         "questions": len(questions),
         "by_kind": {
             k: sum(q.kind == k for q in questions) for k in ("single", "multi", "update", "none")
@@ -380,7 +395,10 @@ def run(quick: bool = False, out: Path | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     console = Console()
     r = results["recall"]
-    table = Table(title=f"Memory recall: {r['questions']} questions, tokenizer {r['tokenizer']}")
+    table = Table(
+        title=f"Memory recall: {r['questions']} questions, tokenizer {r['tokenizer']}; "
+        f"best first: {r['top1_single_and_update']}"
+    )
     for col in ("budget/method", "single", "multi", "update", "none", "recall_all", "over"):
         table.add_column(col, justify="right")
     for name, row in r["results"].items():

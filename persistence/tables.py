@@ -409,7 +409,6 @@ partial(
     memories, "ix_memories_agent_name_subject_key", "agent_name", "subject", "key", present="key"
 )
 partial(memories, "ix_memories_run_id_seq", "run_id", "seq", present="run_id")
-partial(memories, "ix_memories_superseded_by", "superseded_by", present="superseded_by")
 
 # A run's compacted conversation: the summary of its logical messages [0, covers), written
 # by the commit of checkpoint ``seq``. A checkpoint's state names the summary in effect
@@ -441,7 +440,9 @@ memory_erasures = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("created_at", Timestamp, nullable=False),
 )
-Index("ix_memory_erasures_agent_name", memory_erasures.c.agent_name)
+# memory_erasures has no index beyond its key, nor memories one on superseded_by: both
+# are read only by rare operations (an erasure, a rollback), and every index costs every
+# store a page before its first row (the Postgres size benchmark counts them).
 
 # The full-text objects each dialect adds to ``memories`` in migration 0006, which this
 # metadata does not describe (so the model/migration comparison leaves them out).

@@ -378,14 +378,19 @@ class MemoryRoom(StoreCore):
         present = sorted((t for t in terms if counts[t]), key=lambda t: counts[t])
         if not present:
             return []
+        if len(present) == 1:
+            # One word: its matches are what was asked for, however many they are.
+            return self.dialect.search_memories(conn, agent, present, current, CANDIDATES)
         if counts[present[0]] >= RANKED_ROWS:
-            found: list[tuple[int, float]] = []
+            # Memories with every word first, then (if those are few) with the two rarest.
+            found: dict[int, float] = {}
             for words in (present, present[:2]):
-                if len(words) > 1 and len(found) < RECENT_CANDIDATES:
-                    found = self.dialect.search_memories(
+                if len(found) < RECENT_CANDIDATES:
+                    for memory_id, rank in self.dialect.search_memories(
                         conn, agent, words, current, CANDIDATES, every=True
-                    )
-            return found
+                    ):
+                        found.setdefault(memory_id, rank)
+            return list(found.items())[:CANDIDATES]
         chosen, total = [], 0
         for t in present:
             if chosen and total + counts[t] > RANKED_ROWS:

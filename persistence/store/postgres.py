@@ -45,6 +45,9 @@ from pausepoint.persistence.store.dialect import Dialect
 from pausepoint.persistence.tables import agents, checkpoints, events, memories, runs, waits
 
 Processor = Callable[[Any], Any]
+# How long the planner's lexeme statistics are reused by one process (they change only
+# when autovacuum or ANALYZE runs).
+STATS_SECONDS = 10.0
 
 
 def _select_list(alias: str, table: Table, prefix: str) -> str:
@@ -339,20 +342,35 @@ class PostgresDialect(Dialect):
             {"terms": list(terms)},
         ).all()
         common, total, floor = self._lexeme_stats(conn)
+        if total <= 0:  # never analysed: count (up to cap) instead of estimating
+            return self._counted(conn, terms, cap)
         out: dict[str, int] = {}
         for term, lexemes in rows:
             if not lexemes:
                 out[term] = 0  # a stop word: it finds nothing
                 continue
-            share = min(common.get(x, floor) for x in lexemes)
+            # A lexeme ANALYZE did not list is rarer than those it did: Postgres' own
+            # estimate for it is min(0.005, the least listed frequency / 2).
+            unlisted = min(0.005, floor / 2)
+            share = min(common.get(x, unlisted) for x in lexemes)
             out[term] = min(cap, max(1, int(share * total)))
         return out
 
+    def _counted(self, conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
+        parts = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM memories WHERE search @@ "
+            f"plainto_tsquery('english', :t{i}) LIMIT :cap) s{i})"
+            for i in range(len(terms))
+        )
+        values: dict[str, Any] = {"cap": cap, **{f"t{i}": t for i, t in enumerate(terms)}}
+        row = conn.execute(text(f"SELECT {parts}"), values).one()
+        return {t: int(n) for t, n in zip(terms, row, strict=True)}
+
     def _lexeme_stats(self, conn: Connection) -> tuple[dict[str, float], float, float]:
         """(lexeme -> share of rows holding it, rows, share below which none is listed),
-        read at most once a minute."""
+        read again when ``STATS_SECONDS`` old."""
         now = time.monotonic()
-        if self._stats is not None and now - self._stats[0] < 60:
+        if self._stats is not None and now - self._stats[0] < STATS_SECONDS:
             return self._stats[1]
         row = conn.execute(
             text(
@@ -371,7 +389,5 @@ class PostgresDialect(Dialect):
                 # The array ends with the minimum, maximum and null frequencies.
                 common = dict(zip(elems, freqs[: len(elems)], strict=False))
                 floor = float(freqs[len(elems)]) if len(freqs) > len(elems) else 0.0
-        # Never analysed (rows unknown): every word counts as rare; ranking then reads
-        # all its matches, which a small table makes cheap.
         self._stats = (now, (common, rows, floor))
         return common, rows, floor

@@ -292,3 +292,37 @@ def test_recall_scores_recency_and_importance_between_equally_relevant_ones(stor
     found = store.recall("ranker", "printer code")
     assert found[0].memory.importance == 1.0
     assert found[-1].memory.id == old.id and found[-1].recency < 0.2
+
+
+def test_a_word_in_every_memory_does_not_drown_the_rare_one(store: Store) -> None:
+    """The bounded-work ranking: a word in thousands of memories is left out of the
+    ranking, and the memory that holds the rare word is still found first, before and
+    after the database's statistics know the table."""
+    store.save_agent("busy", persona="")
+    now = store.clock()
+    rows = [
+        {
+            "agent_name": "busy",
+            "kind": "note",
+            "content": f"customer account note number {i} about invoices",
+            "actor": "test",
+            "created_at": now,
+        }
+        for i in range(3000)
+    ]
+    rows[1234]["content"] = "customer account note about the zeppelin hangar lease"
+    with store.write() as conn:
+        conn.execute(memories.insert(), rows)
+    for analysed in (False, True):
+        if analysed and store.engine.dialect.name == "postgresql":
+            with store.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE memories")
+                conn.commit()
+            store.dialect._stats = None  # type: ignore[attr-defined]
+        found = store.recall("busy", "customer account zeppelin lease", limit=5)
+        assert found[0].memory.content == "customer account note about the zeppelin hangar lease"
+        # Only common words: the memories holding all of them are ranked; one word alone
+        # finds its memories, however many.
+        assert len(store.recall("busy", "customer invoices", limit=3)) == 3
+        assert len(store.recall("busy", "zeppelin", limit=3)) == 1
+        assert len(store.recall("busy", "invoices", limit=3)) == 3

@@ -81,7 +81,6 @@ def upgrade() -> None:
     for name, columns, present in (
         ("ix_memories_agent_name_subject_key", ["agent_name", "subject", "key"], "key"),
         ("ix_memories_run_id_seq", ["run_id", "seq"], "run_id"),
-        ("ix_memories_superseded_by", ["superseded_by"], "superseded_by"),
     ):
         where = sa.text(f"{present} IS NOT NULL")
         op.create_index(name, "memories", columns, sqlite_where=where, postgresql_where=where)
@@ -109,7 +108,6 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_memory_erasures"),
     )
-    op.create_index("ix_memory_erasures_agent_name", "memory_erasures", ["agent_name"])
     dialect = op.get_bind().dialect.name
     for statement in SQLITE_SEARCH if dialect == "sqlite" else POSTGRES_SEARCH:
         op.execute(statement)
