@@ -12,6 +12,7 @@ from pausepoint.persistence.records import (
     Claim,
     NewMemory,
     NewMessage,
+    NewSummary,
     Recalled,
     WaitRecord,
 )
@@ -225,7 +226,7 @@ class StepContext:
         return self._conversation.calls if self._conversation else []
 
     @property
-    def new_summary(self) -> Any:
+    def new_summary(self) -> NewSummary | None:
         return self._conversation.new_summary if self._conversation else None
 
     def stored_state(self) -> dict[str, Any]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from pausepoint.tasks.llm import Message
-
 
 def system_prompt(persona: str, instruction: str, strategy: str) -> str:
     parts = []
@@ -16,17 +12,3 @@ def system_prompt(persona: str, instruction: str, strategy: str) -> str:
     if strategy:
         parts.append("Strategy: " + strategy.strip())
     return "\n\n".join(parts)
-
-
-def build_messages(
-    persona: str,
-    instruction: str,
-    strategy: str,
-    history: Sequence[Message],
-    task: str,
-) -> list[Message]:
-    system = system_prompt(persona, instruction, strategy)
-    out: list[Message] = [{"role": "system", "content": system}] if system else []
-    out.extend({"role": m["role"], "content": m["content"]} for m in history)
-    out.append({"role": "user", "content": task})
-    return out
