@@ -391,7 +391,8 @@ class MemoryRoom(StoreCore):
                     ):
                         found.setdefault(memory_id, rank)
             return list(found.items())[:CANDIDATES]
-        chosen, total = [], 0
+        chosen: list[str] = []
+        total = 0
         for t in present:
             if chosen and total + counts[t] > RANKED_ROWS:
                 break
