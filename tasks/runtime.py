@@ -371,7 +371,7 @@ class Runtime:
             outcome = wf.check(step.fn(ctx))
             if isinstance(outcome, Wait) and outcome.kind == RESOURCE:
                 self.store.get_resource(outcome.resource_name or "")
-            if isinstance(outcome, End) and ctx.context_settings.episodes:
+            if isinstance(outcome, End) and _wants_episodes(claim.agent.model):
                 ctx.write_episode()
         except Retry as exc:
             return self._retry_or_fail(claim, step, exc, retry_delay=exc.delay)
@@ -428,6 +428,13 @@ class Runtime:
                 ),
             ),
         )
+
+
+def _wants_episodes(model: Any) -> bool:
+    """The agent's ``model["memory"]["episodes"]``, read without judging the rest (a run
+    that never asks the model is not failed for its context settings)."""
+    memory = model.get("memory") if isinstance(model, dict) else None
+    return isinstance(memory, dict) and memory.get("episodes") is True
 
 
 def _unreadable(claim: Claim) -> str | None:

@@ -178,11 +178,19 @@ def agent(
     instruction: Annotated[str | None, typer.Option(help="What it must always do.")] = None,
     strategy: Annotated[str | None, typer.Option(help="How it goes about its work.")] = None,
     model: Annotated[
-        str | None, typer.Option(help='Model settings as JSON, e.g. {"model": "x"}.')
+        str | None,
+        typer.Option(
+            help='Model settings as JSON, e.g. {"model": "x", "context_window": 32768, '
+            '"reply_tokens": 2048, "memory": {"episodes": true}}.'
+        ),
     ] = None,
 ) -> None:
     """Create an agent, or update the fields given."""
     settings_json = parse_json_object(model, "--model")
+    if settings_json is not None:
+        from pausepoint.tasks.context_builder import ContextSettings
+
+        ContextSettings.from_model(settings_json)  # a bad budget is refused here, not mid-run
     record = open_store().save_agent(
         name, persona=persona, instruction=instruction, strategy=strategy, model=settings_json
     )

@@ -289,3 +289,26 @@ def test_scripted_context_limit_is_a_context_too_long_error() -> None:
     with pytest.raises(ContextTooLong):
         ScriptedBackend(context_limit=10).complete([{"role": "user", "content": "x " * 50}])
     assert NewMemory("x").kind == "fact"
+
+
+def test_bad_context_settings_fail_only_the_runs_that_ask(store: Store) -> None:
+    store.save_agent("odd", persona="p", model={"context_window": 10})
+    reg = Registry()
+    quiet = Workflow("quiet", registry=reg)
+    talky = Workflow("talky", registry=reg)
+
+    @quiet.step
+    def nothing(ctx: StepContext) -> Outcome:
+        return End({"ok": True})
+
+    @talky.step
+    def speak(ctx: StepContext) -> Outcome:
+        return End({"said": ctx.ask("hello")})
+
+    llm = ScriptedBackend(default="ok")
+    assert store.get_run(run_all(store, reg, llm, workflow="quiet", agent="odd")).status == (
+        COMPLETED
+    )
+    failed = store.get_run(run_all(store, reg, llm, workflow="talky", agent="odd"))
+    assert failed.status == FAILED and "context_window" in (failed.error or "")
+    assert llm.calls == []

@@ -96,6 +96,7 @@ def test_memory_commands(cli: Cli) -> None:  # noqa: F811
         (("memory", "list", "nobody"), "no agent named 'nobody'"),
         (("memory", "add", "helper", "x", "--kind", "gossip"), "memory kind must be one of"),
         (("memory", "list", "helper", "--kind", "gossip"), "unknown kind"),
+        (("agent", "helper", "--model", '{"context_window": 10}'), "context_window"),
     ]:
         bad = cli(*args)
         assert bad.code == 1 and says in bad.err and "Traceback" not in bad.err
