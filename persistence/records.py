@@ -183,6 +183,8 @@ class NewMemory:
     subject: str | None = None
     key: str | None = None
     importance: float | None = None
+    # An older memory (of the same agent) this one replaces, when it has no key.
+    supersedes: int | None = None
 
 
 @dataclass(frozen=True)

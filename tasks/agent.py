@@ -185,10 +185,18 @@ class Agent:
         subject: str | None = None,
         key: str | None = None,
         importance: float | None = None,
+        supersedes: int | None = None,
     ) -> None:
         """Add to the agent's long-term memory, which every later run and session of this
         agent can recall (saved at once, with the session)."""
-        memory = NewMemory(content, kind=kind, subject=subject, key=key, importance=importance)
+        memory = NewMemory(
+            content,
+            kind=kind,
+            subject=subject,
+            key=key,
+            importance=importance,
+            supersedes=supersedes,
+        )
         check_memory(memory)
         self._pending_memories.append(memory)
         self._save("remembered", {})

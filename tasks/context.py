@@ -190,13 +190,19 @@ class StepContext:
         subject: str | None = None,
         key: str | None = None,
         importance: float | None = None,
+        supersedes: int | None = None,
     ) -> None:
         """Add to the agent's long-term memory (written with this step's commit).
 
         A memory with a ``key`` supersedes the agent's current one with the same
         subject and key: "the customer's address" is then the new one."""
         memory = NewMemory(
-            content, kind=kind, subject=subject or self.subject, key=key, importance=importance
+            content,
+            kind=kind,
+            subject=subject or self.subject,
+            key=key,
+            importance=importance,
+            supersedes=supersedes,
         )
         check_memory(memory)
         self.new_memories.append(memory)

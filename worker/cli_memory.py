@@ -111,10 +111,20 @@ def add_cmd(
         str | None, typer.Option(help="Which attribute: a newer one with the same key supersedes.")
     ] = None,
     importance: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    supersedes: Annotated[
+        int | None, typer.Option(help="The id of the memory this one replaces.")
+    ] = None,
     by: Annotated[str | None, typer.Option(help="Who adds it (default cli:<user>).")] = None,
 ) -> None:
     """Write one memory for AGENT."""
-    memory = NewMemory(content, kind=kind, subject=subject, key=key, importance=importance)
+    memory = NewMemory(
+        content,
+        kind=kind,
+        subject=subject,
+        key=key,
+        importance=importance,
+        supersedes=supersedes,
+    )
     record = open_store().remember(agent, memory, actor=by or default_actor())
     console.print(f"remembered #{record.id} for {agent}")
 

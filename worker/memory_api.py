@@ -32,6 +32,7 @@ class NewMemoryBody(BaseModel):
     subject: Name | None = None
     key: Name | None = Field(None, description="A newer memory with the same key supersedes.")
     importance: float | None = Field(None, ge=0, le=1)
+    supersedes: int | None = Field(None, ge=1, description="The id of the memory it replaces.")
 
 
 class Forget(BaseModel):
@@ -99,6 +100,7 @@ def add_memory_routes(app: FastAPI, rt: Runtime) -> None:
             subject=body.subject,
             key=body.key,
             importance=body.importance,
+            supersedes=body.supersedes,
         )
         return memory_view(rt.store.remember(name, memory, actor=caller.actor))
 

@@ -84,6 +84,10 @@ def check_memory(m: NewMemory) -> None:
         value = getattr(m, name)
         if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
             raise InvalidInput(f"a memory's {name} is a string of 1 to 200 characters")
+    if m.supersedes is not None and (
+        not isinstance(m.supersedes, int) or isinstance(m.supersedes, bool) or m.supersedes < 1
+    ):
+        raise InvalidInput("a memory supersedes another by its id, a positive integer")
     if m.importance is not None and not (
         isinstance(m.importance, int | float) and 0 <= m.importance <= 1
     ):
@@ -123,11 +127,28 @@ def write_memories(
         data: dict[str, Any] = {"memory": memory_id, "kind": m.kind}
         if m.subject is not None:
             data["subject"] = m.subject
+        older: list[int] = []
         if m.key is not None:
             data["key"] = m.key
             older = _supersede(conn, agent, m.subject, m.key, memory_id)
-            if older:
-                data["supersedes"] = older
+        if m.supersedes is not None:
+            replaced = conn.execute(
+                update(memories)
+                .where(
+                    memories.c.id == m.supersedes,
+                    memories.c.agent_name == agent,
+                    memories.c.superseded_by.is_(None),
+                    memories.c.retracted_at.is_(None),
+                )
+                .values(superseded_by=memory_id)
+            ).rowcount
+            if replaced != 1:
+                raise InvalidInput(
+                    f"memory {m.supersedes} is not a current memory of agent {agent!r}"
+                )
+            older.append(m.supersedes)
+        if older:
+            data["supersedes"] = older
         events.append(NewEvent("remembered", data))
     return events
 

@@ -92,6 +92,23 @@ def test_a_newer_memory_with_the_same_key_supersedes_the_older(store: Store) -> 
     assert old.id not in [m.id for m in store.memories("helper", subject="alice")]
 
 
+def test_a_memory_can_name_the_one_it_replaces(store: Store) -> None:
+    seed(store)
+    old = next(m for m in store.memories("helper") if m.content.startswith("The loan desk"))
+    new = store.remember(
+        "helper", NewMemory("The loan desk now closes at six.", supersedes=old.id), actor="t"
+    )
+    assert contents(store.recall("helper", "when does the loan desk close")) == [new.content]
+    assert store.memory(old.id).superseded_by == new.id  # type: ignore[union-attr]
+    for bad in (old.id, 10_000):  # no longer current; not there at all
+        with pytest.raises(InvalidInput, match="not a current memory"):
+            store.remember("helper", NewMemory("x", supersedes=bad), actor="t")
+    store.save_agent("other", persona="")
+    with pytest.raises(InvalidInput):  # another agent's memory
+        store.remember("other", NewMemory("x", supersedes=new.id), actor="t")
+    assert store.memory(new.id).current  # type: ignore[union-attr]
+
+
 def test_memories_page_newest_first(store: Store) -> None:
     store.save_agent("pager", persona="")
     for i in range(25):
