@@ -31,7 +31,8 @@ from pausepoint.persistence.records import (
     RunRecord,
 )
 from pausepoint.persistence.store import Store
-from pausepoint.persistence.store.memory import CONTEXT_KEY, check_memory, summary_pointer
+from pausepoint.persistence.store.memory import check_memory
+from pausepoint.persistence.store.summaries import CONTEXT_KEY, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, ListTurns, Summary
 from pausepoint.tasks.llm import LLMBackend, Message, ScriptedBackend

@@ -17,7 +17,8 @@ from pausepoint.persistence.records import (
     WaitRecord,
 )
 from pausepoint.persistence.store import Store
-from pausepoint.persistence.store.memory import CONTEXT_KEY, check_memory, summary_pointer
+from pausepoint.persistence.store.memory import check_memory
+from pausepoint.persistence.store.summaries import CONTEXT_KEY, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, Summary
 from pausepoint.tasks.llm import LLMBackend, Message

@@ -29,10 +29,11 @@ from pausepoint.persistence.records import (
     WaitRecord,
 )
 from pausepoint.persistence.store.core import StoreCore, new_run_id
-from pausepoint.persistence.store.memory import forked_summary, retract_memories, write_summary
+from pausepoint.persistence.store.memory import retract_memories
 from pausepoint.persistence.store.reads import purged_message
 from pausepoint.persistence.store.resources import hold_slot, release_holds
 from pausepoint.persistence.store.runs import insert_run
+from pausepoint.persistence.store.summaries import forked_summary, write_summary
 from pausepoint.persistence.store.waits import TokenHasher, open_wait, reopened
 from pausepoint.persistence.tables import (
     checkpoints,

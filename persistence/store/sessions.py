@@ -18,8 +18,9 @@ from pausepoint.persistence.records import (
     RunRecord,
 )
 from pausepoint.persistence.store.core import ensure_json
-from pausepoint.persistence.store.memory import summary_event, write_memories, write_summary
+from pausepoint.persistence.store.memory import write_memories
 from pausepoint.persistence.store.runs import RunsRoom
+from pausepoint.persistence.store.summaries import summary_event, write_summary
 from pausepoint.persistence.tables import (
     runs,
 )

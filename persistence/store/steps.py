@@ -28,8 +28,9 @@ from pausepoint.persistence.records import (
     Transition,
 )
 from pausepoint.persistence.store.core import StoreCore, ensure_json
-from pausepoint.persistence.store.memory import summary_event, write_memories, write_summary
+from pausepoint.persistence.store.memory import write_memories
 from pausepoint.persistence.store.resources import hold_slot, release_holds
+from pausepoint.persistence.store.summaries import summary_event, write_summary
 from pausepoint.persistence.store.waits import open_wait
 from pausepoint.persistence.tables import (
     resource_holders,
