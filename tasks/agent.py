@@ -32,7 +32,7 @@ from pausepoint.persistence.records import (
 )
 from pausepoint.persistence.store import Store
 from pausepoint.persistence.store.memory import check_memory
-from pausepoint.persistence.store.summaries import CONTEXT_KEY, summary_pointer
+from pausepoint.persistence.store.summaries import CONTEXT_KEY, context_meta, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, ListTurns, Summary
 from pausepoint.tasks.llm import LLMBackend, Message, ScriptedBackend
@@ -270,7 +270,7 @@ class Agent:
             run, seq = (self._session.id, self._session.seq + 1)
             if written is None and self._summary_at is not None:
                 run, seq = self._summary_at
-            state[CONTEXT_KEY] = {"summary_run": run, "summary_seq": seq, "covers": summary.covers}
+            state[CONTEXT_KEY] = context_meta(run, seq, summary.covers)
         # StaleVersion here means another process saved this agent since we loaded it.
         self._session = store.save_session(
             self._session,

@@ -18,7 +18,7 @@ from pausepoint.persistence.records import (
 )
 from pausepoint.persistence.store import Store
 from pausepoint.persistence.store.memory import check_memory
-from pausepoint.persistence.store.summaries import CONTEXT_KEY, summary_pointer
+from pausepoint.persistence.store.summaries import CONTEXT_KEY, context_meta, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, Summary
 from pausepoint.tasks.llm import LLMBackend, Message
@@ -241,7 +241,7 @@ class StepContext:
         meta = self._context_meta
         new = self.new_summary
         if new is not None:
-            meta = {"summary_run": self.run_id, "summary_seq": self.next_seq, "covers": new.covers}
+            meta = context_meta(self.run_id, self.next_seq, new.covers)
         return {**self.state, CONTEXT_KEY: meta} if meta else self.state
 
 

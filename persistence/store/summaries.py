@@ -35,6 +35,12 @@ def summary_event(summary: NewSummary) -> dict[str, Any]:
     return {"covers": summary.covers, "tokens": summary.tokens}
 
 
+def context_meta(run_id: str, seq: int, covers: int) -> dict[str, Any]:
+    """What a checkpoint's ``state["__context__"]`` holds: the summary in effect (its run
+    and checkpoint) and how many messages it covers; read by :func:`summary_pointer`."""
+    return {"summary_run": run_id, "summary_seq": seq, "covers": covers}
+
+
 def summary_pointer(state: dict[str, Any]) -> tuple[str, int] | None:
     """The (run, seq) of the summary a checkpoint's state names, if it names one."""
     meta = state.get(CONTEXT_KEY) if isinstance(state, dict) else None
@@ -66,6 +72,6 @@ def forked_summary(
         meta.pop("summary_seq", None)
         meta["covers"] = 0
         return {**state, CONTEXT_KEY: meta}, None
-    meta.update(summary_run=run_id, summary_seq=0)
+    meta.update(context_meta(run_id, 0, row["covers"]))
     copy = NewSummary(row["covers"], row["content"], row["tokens"])
     return {**state, CONTEXT_KEY: meta}, copy
