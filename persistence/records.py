@@ -117,9 +117,11 @@ class Message(Row):
     content: str
     seq: int
     created_at: datetime
+    # OpenAI's other fields of this message (``tool_calls``, ``tool_call_id``), if any.
+    data: dict[str, Any] | None = None
 
-    def as_chat(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_chat(self) -> dict[str, Any]:
+        return chat_message(self.role, self.content, self.data)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,25 @@ class WaitRecord(Row):
 class NewMessage:
     role: str
     content: str
+    data: dict[str, Any] | None = None
+
+    def as_chat(self) -> dict[str, Any]:
+        return chat_message(self.role, self.content, self.data)
+
+
+# The fields a stored message may carry beside its role and text (OpenAI's chat format).
+MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "name")
+
+
+def chat_message(role: str, content: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored message in OpenAI's chat format. An assistant turn that only calls
+    tools has no text: its content is then ``None``, as OpenAI sends it."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    if data:
+        message.update((k, v) for k, v in data.items() if k in MESSAGE_FIELDS)
+        if not content and message.get("tool_calls"):
+            message["content"] = None
+    return message
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,9 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("seq", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # OpenAI's other message fields, when there are any: an assistant's ``tool_calls``,
+    # a tool result's ``tool_call_id`` (and ``name``). NULL for a plain message.
+    Column("data", OptionalJson, nullable=True),
 )
 
 events = Table(

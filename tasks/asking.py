@@ -8,6 +8,7 @@ their calls the same way (:mod:`pausepoint.tasks.context_builder`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ def ask_within_budget(
     builder: ContextBuilder,
     llm: LLMBackend,
     agent: Agentish,
-    prompt: str,
+    prompt: str | None,
     turns: Turns,
     conversation: Conversation,
     recall: Recall | None,
@@ -54,8 +55,12 @@ def ask_within_budget(
     key: str,
     task: str = "",
     input: Any = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Completion, Assembled]:
-    """Ask the model ``prompt`` with everything that fits; the reply and what was sent."""
+    """Ask the model ``prompt`` with everything that fits; the reply and what was sent.
+
+    ``prompt=None`` asks for the conversation's next turn (an agent loop); ``tools`` are
+    offered in OpenAI's format and count against the budget."""
     compactor = Compactor(builder, llm, model, key, conversation.calls.append)
     settings = builder.settings
     budget = settings.budget
@@ -63,7 +68,17 @@ def ask_within_budget(
         assembled: Assembled | None = None
         try:
             assembled = _assemble(
-                builder, compactor, agent, prompt, turns, conversation, recall, task, input, budget
+                builder,
+                compactor,
+                agent,
+                prompt,
+                turns,
+                conversation,
+                recall,
+                task,
+                input,
+                budget,
+                tools,
             )
             reply = chat(
                 llm,
@@ -72,6 +87,7 @@ def ask_within_budget(
                 temperature=temperature,
                 idempotency_key=key if attempt == 1 else f"{key}:smaller",
                 max_tokens=settings.reply,
+                tools=list(tools) if tools else None,
             )
         except ContextTooLong as e:
             what = "a compaction request" if assembled is None else f"{assembled.total} tokens"
@@ -98,7 +114,10 @@ def ask_within_budget(
             reply.completion_tokens
             if reply.completion_tokens is not None
             else builder.counter.count(reply.text)
+            + sum(builder.counter.count(c.name + c.arguments) for c in reply.tool_calls)
         )
+        if reply.tool_calls:
+            call["tool_calls"] = [c.name for c in reply.tool_calls]
         conversation.calls.append(call)
         return reply, assembled
     raise AssertionError("unreachable")  # pragma: no cover
@@ -108,13 +127,14 @@ def _assemble(
     builder: ContextBuilder,
     compactor: Compactor,
     agent: Agentish,
-    prompt: str,
+    prompt: str | None,
     turns: Turns,
     conversation: Conversation,
     recall: Recall | None,
     task: str,
     input: Any,
     budget: int,
+    tools: Sequence[Mapping[str, Any]] | None,
 ) -> Assembled:
     def build() -> tuple[Assembled, int]:
         return builder.assemble(
@@ -126,6 +146,7 @@ def _assemble(
             task=task,
             input=input,
             budget=budget,
+            tools=tools,
         )
 
     assembled, first = build()

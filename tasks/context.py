@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from pausepoint.persistence.records import (
+    MESSAGE_FIELDS,
     AgentRecord,
     Checkpoint,
     Claim,
@@ -21,7 +23,7 @@ from pausepoint.persistence.store.memory import check_memory
 from pausepoint.persistence.store.summaries import CONTEXT_KEY, context_meta, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, Summary
-from pausepoint.tasks.llm import LLMBackend, Message
+from pausepoint.tasks.llm import Completion, LLMBackend, Message
 from pausepoint.tasks.tokens import make_token
 
 EPISODE_PROMPT = (
@@ -102,6 +104,8 @@ class StepContext:
         self.next_seq = claim.checkpoint.seq + 1
         self.new_messages: list[NewMessage] = []
         self.new_memories: list[NewMemory] = []
+        # Merged into this step's ``step_completed`` event (what a loop's tool call did).
+        self.info: dict[str, Any] = {}
         # Whom this run is about, for memories (``input["subject"]``, when a string).
         subject = run.input.get("subject") if isinstance(run.input, dict) else None
         self.subject: str | None = subject if isinstance(subject, str) and subject else None
@@ -117,16 +121,29 @@ class StepContext:
         token = make_token(self._secret, self.run_id, self.next_seq, source)
         return f"{self._public_url}/callbacks/{token.token}"
 
-    def say(self, role: str, content: str) -> None:
-        """Append a message to the run's conversation (stored when the step commits)."""
+    def say(self, role: str, content: str, **fields: Any) -> None:
+        """Append a message to the run's conversation (stored when the step commits).
+
+        ``fields`` are OpenAI's other message fields: ``tool_calls`` on an assistant
+        turn, ``tool_call_id`` (and ``name``) on a tool's result."""
         if role not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"unknown message role {role!r}")
-        self.new_messages.append(NewMessage(role, content))
+        unknown = set(fields) - set(MESSAGE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown message fields {sorted(unknown)}; known: {MESSAGE_FIELDS}")
+        data = {k: v for k, v in fields.items() if v is not None} or None
+        self.new_messages.append(NewMessage(role, content or "", data))
+
+    def add_message(self, message: Mapping[str, Any]) -> None:
+        """Append one OpenAI-format message (``{"role": ..., "content": ..., ...}``)."""
+        fields = {k: v for k, v in message.items() if k not in ("role", "content")}
+        content = message.get("content")
+        self.say(str(message.get("role")), content if isinstance(content, str) else "", **fields)
 
     def conversation(self, window: int | None = None) -> list[Message]:
         """The conversation so far, including what this step has said."""
         stored = self.history.all() if window is None else self.history.tail(window)
-        pending = [{"role": m.role, "content": m.content} for m in self.new_messages]
+        pending = [m.as_chat() for m in self.new_messages]
         out = stored + pending
         return out[-window:] if window is not None else out
 
@@ -156,6 +173,35 @@ class StepContext:
         summary of older turns and the newest turns. ``window`` caps how many recent
         messages go along (the agent's ``model["history_window"]`` when not given).
         """
+        reply = self._call(prompt, window=window, subject=subject)
+        self.say("user", prompt)
+        self.say("assistant", reply.text)
+        return reply.text
+
+    def next_turn(
+        self,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> Completion:
+        """The model's next turn of the conversation, offered ``tools`` (OpenAI format),
+        recorded as an assistant message with its ``tool_calls``; with ``prompt``, that
+        user turn first. Assembled under the budget like :meth:`ask`."""
+        reply = self._call(prompt, tools=tools)
+        if prompt is not None:
+            self.say("user", prompt)
+        calls = [c.as_openai() for c in reply.tool_calls]
+        self.say("assistant", reply.text, tool_calls=calls or None)
+        return reply
+
+    def _call(
+        self,
+        prompt: str | None,
+        *,
+        window: int | None = None,
+        subject: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Completion:
         settings = self.context_settings
         if window is not None:
             settings = replace(settings, history_window=window)
@@ -178,10 +224,9 @@ class StepContext:
             key=f"{self.idempotency_key}:{len(self.new_messages)}",
             task=self.task,
             input=self.input,
+            tools=tools,
         )
-        self.say("user", prompt)
-        self.say("assistant", reply.text)
-        return reply.text
+        return reply
 
     def remember(
         self,
@@ -250,7 +295,7 @@ class _StepTurns:
 
     def __init__(self, ctx: StepContext) -> None:
         self._history = ctx.history
-        self._pending = [{"role": m.role, "content": m.content} for m in ctx.new_messages]
+        self._pending = [m.as_chat() for m in ctx.new_messages]
 
     def __len__(self) -> int:
         return len(self._history) + len(self._pending)

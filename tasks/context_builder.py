@@ -188,15 +188,26 @@ class ContextBuilder:
         return message_tokens(self.counter, message)
 
     def fixed(
-        self, agent: Agentish, prompt: str, task: str = "", input: Any = None
-    ) -> tuple[list[Message], Message, dict[str, int]]:
-        """The system and task sections, which every call sends whole."""
+        self,
+        agent: Agentish,
+        prompt: str | None,
+        task: str = "",
+        input: Any = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> tuple[list[Message], Message | None, dict[str, int]]:
+        """The system and task sections, which every call sends whole.
+
+        ``prompt=None`` continues the conversation (an agent loop's next turn): no new
+        user turn, and the run's task is kept in the head so compaction never loses it.
+        The tools offered are part of the request, so they count as system."""
         system_text = system_prompt(agent.persona, agent.instruction, agent.strategy)
         head: list[Message] = [{"role": "system", "content": system_text}] if system_text else []
         tokens = {name: 0 for name in SECTIONS}
         tokens["system"] = sum(self.tokens(m) for m in head)
+        if tools:
+            tokens["system"] += self.counter.count(json.dumps(list(tools), sort_keys=True))
         about = []
-        if task and task.strip() != prompt.strip():
+        if task and task.strip() != (prompt or "").strip():
             about.append("The task of this run: " + task.strip())
         if input:
             about.append("Its input: " + json.dumps(input, ensure_ascii=False, sort_keys=True))
@@ -205,8 +216,9 @@ class ContextBuilder:
             text = truncate(self.counter, "\n".join(about), self.settings.budget // 4)
             head.append({"role": "system", "content": text})
             tokens["task"] += self.tokens(head[-1])
-        ask: Message = {"role": "user", "content": prompt}
-        tokens["task"] += self.tokens(ask)
+        ask: Message | None = {"role": "user", "content": prompt} if prompt is not None else None
+        if ask is not None:
+            tokens["task"] += self.tokens(ask)
         used = REPLY_PRIMING + tokens["system"] + tokens["task"]
         if used > self.settings.budget:
             raise ContextOverflow(
@@ -272,21 +284,21 @@ class ContextBuilder:
             page = turns.slice(lo, first)
             for i in range(len(page) - 1, -1, -1):
                 if cap is not None and len(out) >= cap:
-                    return out, spent, first
+                    return _without_orphans(self, out, spent, first)
                 cost = self.tokens(page[i])
                 if spent + cost > limit:
-                    return out, spent, first
+                    return _without_orphans(self, out, spent, first)
                 out.insert(0, page[i])
                 spent += cost
                 first -= 1
             if first > lo:  # the page was shorter than asked (should not happen)
                 break
-        return out, spent, first
+        return _without_orphans(self, out, spent, first)
 
     def assemble(
         self,
         agent: Agentish,
-        prompt: str,
+        prompt: str | None,
         turns: Turns,
         *,
         summary: Summary | None,
@@ -294,15 +306,15 @@ class ContextBuilder:
         task: str = "",
         input: Any = None,
         budget: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[Assembled, int]:
         """The call's messages, and the index of the oldest turn that could not go in
         beside the summary (``summary.covers`` when every later turn went in)."""
-        head, ask, tokens = self.fixed(agent, prompt, task, input)
+        head, ask, tokens = self.fixed(agent, prompt, task, input, tools)
         used = REPLY_PRIMING + tokens["system"] + tokens["task"]
         mem_limit, sum_limit, recent_limit = self.shares(used, budget)
-        memory, ids, tokens["memories"] = self.memory_section(
-            recall, f"{task}\n{prompt}" if task else prompt, mem_limit
-        )
+        query = "\n".join(p for p in (task, prompt) if p)
+        memory, ids, tokens["memories"] = self.memory_section(recall, query, mem_limit)
         summary_msg = self.summary_message(summary, sum_limit)
         tokens["summary"] = self.tokens(summary_msg) if summary_msg else 0
         # What memories and summary leave unused goes to the recent turns.
@@ -315,9 +327,21 @@ class ContextBuilder:
         if summary_msg is not None:
             messages.append(summary_msg)
         messages.extend(recent)
-        messages.append(ask)
+        if ask is not None:
+            messages.append(ask)
         total = REPLY_PRIMING + sum(tokens.values())
         return Assembled(messages, tokens, total, ids, len(recent)), first
+
+
+def _without_orphans(
+    builder: ContextBuilder, out: list[Message], spent: int, first: int
+) -> tuple[list[Message], int, int]:
+    """Recent turns never start with a tool's result whose call was cut off: OpenAI
+    refuses a ``tool`` message that does not follow the assistant turn asking for it."""
+    while out and out[0].get("role") == "tool":
+        spent -= builder.tokens(out.pop(0))
+        first += 1
+    return out, spent, first
 
 
 def as_summary(new: NewSummary) -> Summary:

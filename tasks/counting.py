@@ -19,9 +19,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 MESSAGE_OVERHEAD = 4
+# Each call an assistant message asks for: its id and the function wrapper.
+TOOL_CALL_OVERHEAD = 8
 REPLY_PRIMING = 3
 
 __all__ = [
@@ -144,11 +146,22 @@ def counter_for(setting: str | None) -> TokenCounter:
     return default_counter()
 
 
-def message_tokens(counter: TokenCounter, message: Mapping[str, str]) -> int:
-    return MESSAGE_OVERHEAD + counter.count(message.get("content") or "")
+def message_tokens(counter: TokenCounter, message: Mapping[str, Any]) -> int:
+    """One chat message: its text, and the calls it asks for (tool name and arguments)."""
+    content = message.get("content")
+    used = MESSAGE_OVERHEAD + counter.count(content if isinstance(content, str) else "")
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                used += TOOL_CALL_OVERHEAD + counter.count(
+                    f"{fn.get('name') or ''} {fn.get('arguments') or ''}"
+                )
+    return used
 
 
-def prompt_tokens(counter: TokenCounter, messages: Sequence[Mapping[str, str]]) -> int:
+def prompt_tokens(counter: TokenCounter, messages: Sequence[Mapping[str, Any]]) -> int:
     """What a chat request of ``messages`` costs the model's context, reply not included."""
     return REPLY_PRIMING + sum(message_tokens(counter, m) for m in messages)
 

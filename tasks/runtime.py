@@ -470,8 +470,11 @@ def _transition(
     messages = tuple(ctx.new_messages)
     state = ctx.stored_state()
     kept: dict[str, Any] = {"memories": tuple(ctx.new_memories), "summary": ctx.new_summary}
+    info = dict(ctx.info)
     if ctx.model_calls:
-        kept["info"] = {"model_calls": ctx.model_calls}
+        info["model_calls"] = ctx.model_calls
+    if info:
+        kept["info"] = info
     if isinstance(outcome, Next):
         return Transition(
             status=QUEUED,

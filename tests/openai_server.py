@@ -7,8 +7,16 @@
         srv.requests  # every request seen: path, headers, parsed JSON body
 
 Replies are "echo: <last user message>" unless a ``reply`` callable or a planned
-``content`` says otherwise. Planned responses are used one per request, in order;
-when none is left the server answers normally.
+``content`` says otherwise. Either may answer with tool calls instead:
+``srv.plan(tool_calls=[{"name": "lookup", "arguments": {"id": 7}}])`` (arguments as a
+dict, sent as JSON, or as raw text, malformed if the test wants it), or a ``reply``
+returning ``{"content": None, "tool_calls": [...]}``; such an answer comes back as
+OpenAI's does, in ``choices[0].message.tool_calls`` with ``finish_reason: "tool_calls"``.
+Usage is counted over the request's messages, their tool calls included.
+
+Planned responses are used one per request, in order; when none is left the server
+answers normally. Failures to plan: a status (with ``headers={"Retry-After": "0.01"}``
+for a 429), a ``delay`` beyond the client's timeout, a ``raw`` body that is not JSON.
 
 Run ``python tests/openai_server.py --port 8099`` to use it by hand.
 """
@@ -22,17 +30,24 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from pausepoint.tasks.counting import default_counter, prompt_tokens
+from pausepoint.tasks.counting import (
+    MESSAGE_OVERHEAD,
+    default_counter,
+    message_tokens,
+    prompt_tokens,
+)
 
 __all__ = ["OpenAIServer", "PlannedResponse", "RecordedRequest"]
 
-ReplyFn = Callable[[dict[str, Any]], str]
+ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any]]
+"""Gets the request body; returns the reply text, or a message ``{"content": ...,
+"tool_calls": [{"name": ..., "arguments": ...}, ...]}`` (``finish_reason`` optional)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,9 @@ class PlannedResponse:
     raw: bytes | None = None
     delay: float = 0.0
     content: str | None = None
+    # [{"name": ..., "arguments": {...} or "raw text", "id": optional}]: the answer is
+    # these calls (with ``content`` as its text, None by default).
+    tool_calls: Sequence[Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +197,16 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 )
                 return
-        content = planned.content if planned.content is not None else owner._reply(body)
-        self._send_json(200, owner._completion(body, content), planned.headers)
+        if planned.tool_calls is not None:
+            answer: str | dict[str, Any] = {
+                "content": planned.content,
+                "tool_calls": list(planned.tool_calls),
+            }
+        elif planned.content is not None:
+            answer = planned.content
+        else:
+            answer = owner._reply(body)
+        self._send_json(200, owner._completion(body, answer), planned.headers)
 
     def _send_json(
         self, status: int, payload: Any, headers: Mapping[str, str] | None = None
@@ -300,10 +326,13 @@ class OpenAIServer:
         raw: bytes | None = None,
         delay: float = 0.0,
         content: str | None = None,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
         times: int = 1,
     ) -> None:
         """Queue ``times`` copies of a response for the next chat requests."""
-        planned = PlannedResponse(status, dict(headers or {}), body, raw, delay, content)
+        planned = PlannedResponse(
+            status, dict(headers or {}), body, raw, delay, content, tool_calls
+        )
         with self._lock:
             self._plans.extend([planned] * times)
 
@@ -344,7 +373,7 @@ class OpenAIServer:
         with self._lock:
             return self._plans.popleft() if self._plans else PlannedResponse()
 
-    def _reply(self, body: dict[str, Any]) -> str:
+    def _reply(self, body: dict[str, Any]) -> str | dict[str, Any]:
         if self.reply is not None:
             return self.reply(body)
         last = ""
@@ -355,19 +384,26 @@ class OpenAIServer:
         return f"echo: {last}"
 
     def prompt_tokens(self, body: dict[str, Any]) -> int:
-        """What the request costs, counted as the client's builder counts it."""
-        chat = [
-            {"role": str(m.get("role")), "content": str(m.get("content") or "")}
-            for m in body["messages"]
-            if isinstance(m, dict)
-        ]
+        """What the request costs, counted as the client's builder counts it (the
+        assistant messages' tool calls included)."""
+        chat = [m for m in body["messages"] if isinstance(m, dict)]
         return prompt_tokens(self.counter, chat)
 
-    def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
-        prompt_tokens = self.prompt_tokens(body)
-        completion_tokens = self.counter.count(content)
+    def _completion(self, body: dict[str, Any], answer: str | dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             n = next(self._ids)
+        if isinstance(answer, str):
+            message: dict[str, Any] = {"role": "assistant", "content": answer}
+            finish = "stop"
+        else:
+            content = answer.get("content")
+            message = {"role": "assistant", "content": content}
+            calls = [_tool_call(c, n, i) for i, c in enumerate(answer.get("tool_calls") or [])]
+            if calls:
+                message["tool_calls"] = calls
+            finish = str(answer.get("finish_reason") or ("tool_calls" if calls else "stop"))
+        prompt_tokens = self.prompt_tokens(body)
+        completion_tokens = message_tokens(self.counter, message) - MESSAGE_OVERHEAD
         return {
             "id": f"chatcmpl-test{n:06d}",
             "object": "chat.completion",
@@ -376,8 +412,8 @@ class OpenAIServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": finish,
                 }
             ],
             "usage": {
@@ -386,6 +422,22 @@ class OpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def _tool_call(call: Mapping[str, Any], reply: int, index: int) -> dict[str, Any]:
+    """A call in OpenAI's shape, from ``{"name", "arguments", "id"?}`` or already in it."""
+    fn = call.get("function")
+    if isinstance(fn, Mapping):
+        name, arguments = fn.get("name"), fn.get("arguments")
+    else:
+        name, arguments = call.get("name"), call.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {})
+    return {
+        "id": str(call.get("id") or f"call_{reply:06d}_{index}"),
+        "type": "function",
+        "function": {"name": str(name), "arguments": arguments},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -204,6 +204,7 @@ class StoreCore:
                         "idx": first_idx + i,
                         "role": m.role,
                         "content": m.content,
+                        "data": m.data or None,
                         "seq": seq,
                         "created_at": now,
                     }

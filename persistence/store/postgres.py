@@ -43,6 +43,7 @@ from pausepoint.persistence.records import (
 )
 from pausepoint.persistence.store.dialect import Dialect
 from pausepoint.persistence.tables import agents, checkpoints, events, memories, runs, waits
+from pausepoint.persistence.tables import messages as messages_table
 
 Processor = Callable[[Any], Any]
 # How long the planner's lexeme statistics are reused by one process (they change only
@@ -237,6 +238,9 @@ class PostgresDialect(Dialect):
             params["m_idx"] = [idx for idx, _ in new_messages]
             params["m_role"] = [m.role for _, m in new_messages]
             params["m_content"] = [m.content for _, m in new_messages]
+            params["m_data"] = [
+                self.bind(messages_table.c.data, m.data or None) for _, m in new_messages
+            ]
         if checkpoint is not None:
             params["c_step"] = checkpoint["step"]
             params["c_state"] = self.bind(checkpoints.c.state, checkpoint["state"])
@@ -277,10 +281,10 @@ class PostgresDialect(Dialect):
         ctes = [f"u AS (UPDATE runs SET {sets} WHERE {where} RETURNING id)"]
         if messages:
             ctes.append(
-                "m AS (INSERT INTO messages (run_id, idx, role, content, seq, created_at) "
-                "SELECT u.id, x.idx, x.role, x.content, %(seq)s, %(now)s FROM u, "
-                "unnest(%(m_idx)s::int[], %(m_role)s::text[], %(m_content)s::text[]) "
-                "AS x(idx, role, content))"
+                "m AS (INSERT INTO messages (run_id, idx, role, content, seq, created_at, data) "
+                "SELECT u.id, x.idx, x.role, x.content, %(seq)s, %(now)s, x.data FROM u, "
+                "unnest(%(m_idx)s::int[], %(m_role)s::text[], %(m_content)s::text[], "
+                "%(m_data)s::jsonb[]) AS x(idx, role, content, data))"
             )
         if checkpoint:
             ctes.append(

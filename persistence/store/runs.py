@@ -173,6 +173,7 @@ def insert_run(
                     "idx": i,
                     "role": m.role,
                     "content": m.content,
+                    "data": m.data or None,
                     "seq": 0,
                     "created_at": m.created_at,
                 }
