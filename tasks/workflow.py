@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from pausepoint.persistence.errors import ConfigurationError, InvalidInput, WorkflowNotFound
 from pausepoint.persistence.records import APPROVAL, CALLBACK, EVENT, RESOURCE, TIMER
+from pausepoint.tasks.tools import ToolRegistry, tool
 
 if TYPE_CHECKING:
     from pausepoint.tasks.context import StepContext
@@ -186,6 +187,8 @@ class Workflow:
     registry: Registry | None = None
     steps: dict[str, Step] = field(default_factory=dict)
     start: str | None = None
+    # The tools this workflow's agent loops offer, beside the agent's own.
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
 
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("__"):
@@ -227,6 +230,15 @@ class Workflow:
             return f
 
         return register(fn) if fn is not None else register
+
+    def tool(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a tool offered by this workflow's agent loops (see
+        :func:`pausepoint.tasks.tools.tool` for the options)."""
+        return (
+            tool(fn, into=self.tools, **options)
+            if fn is not None
+            else tool(into=self.tools, **options)
+        )
 
     def get_step(self, name: str | None) -> Step:
         if name is None or name not in self.steps:
@@ -280,7 +292,7 @@ class Registry:
         A name from before the ``pausepoint`` namespace (``tasks.examples``) still works
         when no module of that name exists (a user's own ``tasks`` package wins).
         """
-        for module in modules:
+        for module in (*BUILTIN_MODULES, *modules):
             try:
                 importlib.import_module(module)
             except ImportError as exc:
@@ -293,6 +305,9 @@ class Registry:
                     f"cannot import workflow module {module!r}: {exc}"
                 ) from exc
 
+
+# Loaded by every worker: the agent loops that ship with Pausepoint.
+BUILTIN_MODULES = ("pausepoint.tasks.strategies",)
 
 # Workflow modules this project shipped under other names.
 RENAMED_MODULES = {"tasks.examples": "pausepoint.tasks.examples"}
