@@ -96,3 +96,56 @@ def ask_approval(ctx: StepContext) -> Outcome:
 def decided(ctx: StepContext) -> Outcome:
     assert ctx.resumed is not None
     return End({"decision": ctx.resumed.outcome["decision"], "by": ctx.resumed.outcome["by"]})
+
+
+# ---------------------------------------------------------------- an agent loop to kill
+# Its tools write to the ledger file PAUSEPOINT_TEST_LEDGER; PAUSEPOINT_TEST_SLOW says
+# where the first attempt hangs, so a test can SIGKILL the worker there: "tool" (inside
+# charge, after it started), or "think" (in the model turn after charge was recorded).
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pausepoint.tasks.agent_loop import AgentLoop, Final  # noqa: E402
+from pausepoint.tasks.tools import ToolContext  # noqa: E402
+
+tool_loop = Workflow("tool_loop", description="react over charge and notify, killable.")
+_loop = AgentLoop(tool_loop.tools)
+
+
+def _ledger(line: str) -> list[str]:
+    path = Path(os.environ["PAUSEPOINT_TEST_LEDGER"])
+    with path.open("a") as f:
+        f.write(line + "\n")
+    return path.read_text().splitlines()
+
+
+@tool_loop.tool
+def charge(order_id: str, ctx: ToolContext) -> str:
+    """Charge the customer's card for an order."""
+    seen = _ledger(f"start charge {ctx.idempotency_key}")
+    if os.environ.get("PAUSEPOINT_TEST_SLOW") == "tool" and seen.count(seen[-1]) == 1:
+        time.sleep(60)
+    _ledger(f"done charge {ctx.idempotency_key}")
+    return f"charged {order_id}"
+
+
+@tool_loop.tool
+def notify(order_id: str, ctx: ToolContext) -> str:
+    """Tell the customer."""
+    _ledger(f"start notify {ctx.idempotency_key}")
+    _ledger(f"done notify {ctx.idempotency_key}")
+    return f"notified about {order_id}"
+
+
+@tool_loop.step(start=True)
+def think(ctx: StepContext) -> Outcome:
+    if os.environ.get("PAUSEPOINT_TEST_SLOW") == "think" and not _loop.first_turn(ctx):
+        seen = _ledger(f"think {ctx.next_seq}")
+        if seen.count(seen[-1]) == 1:
+            time.sleep(60)  # a slow model, after charge's result was recorded
+    out = _loop.think(ctx, prompt=ctx.task if _loop.first_turn(ctx) else None)
+    return End(_loop.result(ctx, out.text)) if isinstance(out, Final) else out
+
+
+tool_loop.step(name="act")(_loop.act)
