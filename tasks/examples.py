@@ -68,3 +68,7 @@ def tick(ctx: StepContext) -> Outcome:
     if done >= int(ctx.input.get("steps", 1)):
         return End({"steps": done})
     return Next("tick")
+
+
+# The tools demo's agent and its tools (`pausepoint demo`, second part).
+from pausepoint.tasks import support_example  # noqa: E402, F401

@@ -290,7 +290,8 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
-        self._agents: dict[str, set[str]] = {}
+        # Per agent, in the order registered (the order they are offered in).
+        self._agents: dict[str, dict[str, None]] = {}
 
     def add(self, t: Tool, agents: Iterable[str] = ()) -> Tool:
         existing = self._tools.get(t.name)
@@ -298,17 +299,18 @@ class ToolRegistry:
             raise ConfigurationError(f"two tools are named {t.name!r}")
         self._tools[t.name] = t
         for agent in agents:
-            self._agents.setdefault(agent, set()).add(t.name)
+            self._agents.setdefault(agent, {})[t.name] = None
         return t
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        """In the order registered."""
+        return list(self._tools)
 
     def of_agent(self, agent: str) -> list[Tool]:
-        return [self._tools[n] for n in sorted(self._agents.get(agent, ()))]
+        return [self._tools[n] for n in self._agents.get(agent, {})]
 
     def named(self, names: Sequence[str]) -> list[Tool]:
         missing = [n for n in names if n not in self._tools]

@@ -50,7 +50,7 @@ class DemoFailed(PausepointError):
 # A folder the demo made holds this file; only such a folder is ever reused.
 MARKER = ".pausepoint-demo"
 # What a demo writes there, and all that a next demo removes (SQLite adds -wal and -shm).
-DEMO_FILES = ("pausepoint.db*", "broker.db*", "worker.log")
+DEMO_FILES = ("pausepoint.db*", "broker.db*", "worker.log", "tools-*")
 
 
 def prepare_dir(base: Path) -> None:
@@ -79,7 +79,8 @@ def prepare_dir(base: Path) -> None:
     )
 
 
-def run_demo(directory: str, count: int, console: Console) -> int:
+def run_demo(directory: str, count: int, console: Console, tools: bool = True) -> int:
+    """The loan demo, then (``tools``) the tools demo, on the same store."""
     base = Path(directory).resolve()
     prepare_dir(base)
     env = dict(os.environ)
@@ -105,7 +106,12 @@ def run_demo(directory: str, count: int, console: Console) -> int:
     )
     started = time.monotonic()
     try:
-        return _script(console, env, store, rt.start, worker, count, started)
+        code = _script(console, env, store, rt.start, worker, count, started)
+        if not tools:
+            return code
+        from pausepoint.worker.demo_tools import run_tools_demo
+
+        return code if run_tools_demo(base, env, store, console) else 1
     except DemoFailed as exc:
         raise DemoFailed(f"{exc} ({base / 'worker.log'})") from None
     finally:

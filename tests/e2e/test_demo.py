@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,15 @@ def test_demo_finishes_every_run_and_leaves_no_process(tmp_path: Path) -> None:
     # The run shown last was decided while no worker ran, and finished on the new one.
     log = (tmp_path / "demo" / "worker.log").read_text()
     assert log.count(" ready.") == 2
+    # Part 2, the tools demo: an approval with edited arguments, a SIGKILL mid-loop.
+    assert "the worker is SIGKILLed" in out
+    assert "no finished call ran twice; one refund, of the approved amount" in out
+    ledger = [
+        json.loads(line)
+        for line in (tmp_path / "demo" / "tools-ledger.jsonl").read_text().splitlines()
+    ]
+    refunds = [e for e in ledger if e["tool"] == "refund"]
+    assert [e.get("amount") for e in refunds if e.get("applied")] == [30.0]
+    emails = [e["key"] for e in ledger if e["tool"] == "email_customer" and e.get("started")]
+    assert len(emails) == 2 and len(set(emails)) == 1  # killed mid-call: again, same key
+    assert (tmp_path / "demo" / "tools-worker.log").read_text().count(" ready.") == 2
