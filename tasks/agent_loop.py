@@ -77,9 +77,9 @@ class AgentLoop:
             found[t.name] = t
         if self.tools is not None:
             for name in self.tools.names():
-                t = self.tools.get(name)
-                if t is not None:
-                    found[name] = t
+                own = self.tools.get(name)
+                if own is not None:
+                    found[name] = own
         return found
 
     # ------------------------------------------------------------------ state

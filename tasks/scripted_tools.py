@@ -49,15 +49,15 @@ def reply(transcript: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> 
     known = _known_values(r for _, r in results)
     for spec in tools:
         fn = spec.get("function") or {}
-        name = fn.get("name")
-        if not isinstance(name, str) or name in called:
+        tool_name = fn.get("name")
+        if not isinstance(tool_name, str) or tool_name in called:
             continue
         arguments = _fill(fn.get("parameters") or {}, task, known)
         if arguments is None:
             continue
         return Completion(
-            f"Next I call {name}.",
-            tool_calls=(tool_call(name, arguments),),
+            f"Next I call {tool_name}.",
+            tool_calls=(tool_call(tool_name, arguments),),
             finish_reason="tool_calls",
         )
     if not results:

@@ -49,7 +49,7 @@ def strategy_of(ctx: StepContext, loop: AgentLoop) -> str:
     """The loop an agent's ``strategy`` names, or the default for its tools."""
     words = re.findall(r"[a-z_-]+", (ctx.agent.strategy or "").lower())[:3]
     for word in words:
-        name = word.replace("-", "_")
+        name = str(word).replace("-", "_")
         if name in STRATEGIES:
             return name
     return "react" if loop.offered(ctx) else "direct"

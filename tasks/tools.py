@@ -212,7 +212,7 @@ def make_tool(
             continue
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hint, Field(default, description=documented.get(param.name)))
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{tool_name}_arguments",
         __config__=ConfigDict(extra="forbid"),
         **fields,

@@ -234,11 +234,8 @@ class Workflow:
     def tool(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a tool offered by this workflow's agent loops (see
         :func:`pausepoint.tasks.tools.tool` for the options)."""
-        return (
-            tool(fn, into=self.tools, **options)
-            if fn is not None
-            else tool(into=self.tools, **options)
-        )
+        register = tool(into=self.tools, **options)
+        return register(fn) if fn is not None else register
 
     def get_step(self, name: str | None) -> Step:
         if name is None or name not in self.steps:
