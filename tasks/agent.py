@@ -34,6 +34,7 @@ from pausepoint.persistence.store import Store
 from pausepoint.persistence.store.memory import check_memory
 from pausepoint.persistence.store.summaries import CONTEXT_KEY, context_meta, summary_pointer
 from pausepoint.tasks.asking import Conversation, ask_within_budget
+from pausepoint.tasks.budgets import check_loop_settings
 from pausepoint.tasks.context_builder import ContextBuilder, ContextSettings, ListTurns, Summary
 from pausepoint.tasks.llm import LLMBackend, Message, ScriptedBackend
 
@@ -130,6 +131,7 @@ class Agent:
     @model.setter
     def model(self, value: dict[str, Any]) -> None:
         ContextSettings.from_model(value)  # refuse bad settings now, not at the next call
+        check_loop_settings(value)
         self._model = dict(value)
 
     @property

@@ -94,3 +94,14 @@ class Budget:
 def new_usage() -> dict[str, Any]:
     """What a loop has spent so far, kept in its state."""
     return {"iterations": 0, "tool_calls": 0, "tokens": 0, "started": time.time(), "allowance": 1}
+
+
+def check_loop_settings(model: Mapping[str, Any]) -> None:
+    """Refuse bad loop settings when an agent is saved, not in the middle of a run:
+    ``budget`` (see :class:`Budget`) and ``tools`` (a list of tool names)."""
+    Budget.from_model(model)
+    names = model.get("tools")
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigurationError("model['tools'] must be a list of tool names")

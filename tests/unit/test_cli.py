@@ -405,6 +405,18 @@ BAD_INPUT = {
     "malformed --model": (["agent", "B", "--model", "{bad"], ["--model", "not valid JSON"]),
     "--model not an object": (["agent", "B", "--model", "[1]"], ["--model", "JSON object"]),
     "bad agent name": (["agent", " spaced "], ["bad agent name"]),
+    "negative loop budget": (
+        ["agent", "B", "--model", '{"budget": {"iterations": -1}}'],
+        ["budget", "iterations", "positive"],
+    ),
+    "unknown budget key": (
+        ["agent", "B", "--model", '{"budget": {"turns": 3}}'],
+        ["unknown keys", "turns"],
+    ),
+    "tools not a list of names": (
+        ["agent", "B", "--model", '{"tools": "search"}'],
+        ["tools", "list of tool names"],
+    ),
 }
 
 
