@@ -362,7 +362,7 @@ def _park(wait: ToolWait, then: str, source: str) -> Wait:
     return Wait.callback(
         then,
         source=source,
-        timeout=wait.timeout or timedelta(days=7),
+        timeout=wait.timeout if wait.timeout is not None else timedelta(days=7),
         on_timeout="default",
         default=default,
     )

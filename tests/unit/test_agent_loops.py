@@ -470,3 +470,35 @@ def test_the_loop_sees_its_tools_through_the_context_budget(
     calls = [c for e in h.store.events(run_id) for c in e.data.get("model_calls", [])]
     assert calls and all(c["prompt_tokens"] <= 2048 - 256 for c in calls)
     assert len(h.tool_messages(run_id)[0]["content"]) <= 16_000
+
+
+def test_an_async_tool_can_wait_for_an_event_or_time_out(make: Callable[..., Harness]) -> None:
+    from datetime import timedelta
+
+    h = make([("await_payment", {"order_id": "A-1"}), ("ship", {"order_id": "A-1"})], "Done.")
+
+    def await_payment(order_id: str) -> ToolWait:
+        """Wait until the order is paid."""
+        return ToolWait.event("order.paid", order_id)
+
+    def ship(order_id: str) -> ToolWait:
+        """Ship it; the warehouse calls back (it never does)."""
+        return ToolWait.callback(timeout=timedelta(seconds=0))
+
+    h.wf.tool(await_payment)
+    h.wf.tool(ship)
+    run_id = h.start()
+    h.drain()
+    assert h.store.get_run(run_id).status == WAITING
+    assert [r.id for r in h.rt.publish_event("order.paid", "A-1", {"paid": 40}, actor="shop")] == [
+        run_id
+    ]
+    h.drain()
+    assert h.store.get_run(run_id).status == WAITING  # now on ship's callback
+    h.rt.sweep()  # its deadline has passed: the model is told
+    h.drain()
+    run = h.store.get_run(run_id)
+    assert run.status == COMPLETED, run.error
+    texts = [m["content"] for m in h.tool_messages(run_id)]
+    assert json.loads(texts[0]) == {"paid": 40}
+    assert texts[1] == "Error: the tool did not report back in time"
