@@ -5,6 +5,9 @@ latency alone, with its breakdown.
 
 ``python -m bench store`` is the diagnosis behind the resume figures: the store's
 two transactions of a resume, timed statement by statement, in-process.
+
+``python -m bench agent-loop [--repeats 5] [--quick] [--profile sqlite]``: the agent
+loop's overhead per call, Pausepoint on both stores vs the OpenAI Agents SDK.
 """
 
 from __future__ import annotations
@@ -60,6 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     memory.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     memory.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory.json")
+    loop = sub.add_parser(
+        "agent-loop",
+        help="agent loop overhead: ms per model/tool call above the server, Pausepoint on "
+        "SQLite and Postgres vs the OpenAI Agents SDK with its SQLiteSession",
+    )
+    loop.add_argument("--repeats", type=int, default=5, help="repetitions of each config")
+    loop.add_argument("--quick", action="store_true", help="3 repetitions: a smoke run")
+    loop.add_argument(
+        "--profile",
+        choices=("sqlite", "postgres", "sdk"),
+        help="instead: profile a few runs of one config with pyinstrument",
+    )
+    loop.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / "agent_loop.json",
+        help="JSON result file",
+    )
     every = sub.add_parser(
         "all",
         help="every benchmark (throughput, checkpoint, resume, parked): table, JSON and PNG",
@@ -79,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or args.repeats < 1:
             parser.error(f"unknown benchmark(s) {unknown}" if unknown else "--repeats >= 1")
         return run_all(names, args.repeats, args.quick, args.out_dir)
+    if args.benchmark == "agent-loop":
+        from bench import agent_loop_bench
+
+        if args.repeats < 1:
+            parser.error("--repeats >= 1")
+        return agent_loop_bench.main(args.repeats, args.quick, args.out, args.profile)
     if args.benchmark == "memory":
         from bench import memory_bench
 

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "checkpoint": "bench.checkpoint_cost:run",
     "resume": "bench.resume_latency:suite",
     "parked": "bench.parked:run",
+    "agent_loop": "bench.agent_loop_bench:run",
 }
 
 

@@ -109,6 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     # Never let a forgotten keep-alive connection pin a handler thread for long.
     timeout = 10
+    # Headers and body go out as two writes: with Nagle on, the body waits for the
+    # client's delayed ACK, about 40 ms a reply (bench/agent_loop_bench.py found it).
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()

@@ -289,6 +289,10 @@ class MemoryRoom(StoreCore):
                 current, or_(memories.c.subject == subject, memories.c.subject.is_(None))
             )
         with self.read() as conn:
+            # Most agents in a loop have nothing to recall: one indexed look first, not the
+            # search and its term statistics before every model call.
+            if conn.execute(select(memories.c.id).where(current).limit(1)).first() is None:
+                return []
             found = self._search(conn, agent, terms, current) if terms else []
             relevance = dict(found)
             ids = list(relevance)
@@ -302,10 +306,14 @@ class MemoryRoom(StoreCore):
                         .limit(RECENT_CANDIDATES)
                     ).scalars()
                 )
-            rows = {
-                r["id"]: MemoryRecord.from_row(r)
-                for r in conn.execute(select(memories).where(memories.c.id.in_(ids))).mappings()
-            }
+            rows = (
+                {
+                    r["id"]: MemoryRecord.from_row(r)
+                    for r in conn.execute(select(memories).where(memories.c.id.in_(ids))).mappings()
+                }
+                if ids
+                else {}
+            )
         top = max(relevance.values(), default=0.0) or 1.0
         scored = []
         for memory_id in ids:
