@@ -38,7 +38,13 @@ from pausepoint.persistence.records import PENDING, RUN_STATUSES
 from pausepoint.tasks.runtime import Runtime
 from pausepoint.tasks.tokens import parse_token, verify_signature
 from pausepoint.worker.auth import Keyring, Principal
-from pausepoint.worker.serialize import checkpoint_view, plain, run_detail, timeline
+from pausepoint.worker.serialize import (
+    checkpoint_view,
+    decision_data,
+    plain,
+    run_detail,
+    timeline,
+)
 from pausepoint.worker.settings import Settings
 
 
@@ -78,6 +84,11 @@ class StartRun(BaseModel):
 class Decision(BaseModel):
     comment: str = Field("", max_length=10_000)
     input: BoundedObject | None = Field(None, description="Edited input for the next step.")
+    arguments: BoundedObject | None = Field(
+        None,
+        description="For a run that waits on a tool call: the arguments to run it with "
+        "instead of the model's (a JSON object). The same as `input.arguments`.",
+    )
 
 
 REASON_MAX = 2000
@@ -281,12 +292,15 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
 
     def decide(run_id: str, approved: bool, body: Decision | None, caller: Principal) -> Any:
         groups = caller.approver_groups()
+        data = None
+        if body is not None:
+            data = decision_data(rt.store, run_id, body.input, body.arguments)
         run = rt.decide(
             run_id,
             approved=approved,
             actor=caller.actor,
             comment=body.comment if body else "",
-            data=body.input if body else None,
+            data=data,
             groups=groups,
         )
         return plain(run)

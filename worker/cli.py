@@ -188,9 +188,12 @@ def agent(
     """Create an agent, or update the fields given."""
     settings_json = parse_json_object(model, "--model")
     if settings_json is not None:
+        from pausepoint.tasks.budgets import check_loop_settings
         from pausepoint.tasks.context_builder import ContextSettings
 
-        ContextSettings.from_model(settings_json)  # a bad budget is refused here, not mid-run
+        # Bad settings are refused here, not in the middle of a run.
+        ContextSettings.from_model(settings_json)
+        check_loop_settings(settings_json)
     record = open_store().save_agent(
         name, persona=persona, instruction=instruction, strategy=strategy, model=settings_json
     )
@@ -359,12 +362,22 @@ def history_cmd(
     console.print(history_view(run, steps, forks))
 
 
-def _decide(run_id: str, approved: bool, comment: str, by: str | None, data: str | None) -> None:
+def _decide(
+    run_id: str,
+    approved: bool,
+    comment: str,
+    by: str | None,
+    data: str | None,
+    arguments: str | None = None,
+) -> None:
     from pausepoint.worker.app import create_app, runtime
+    from pausepoint.worker.serialize import decision_data
 
     payload = parse_json_object(data, "--data")
+    edited = parse_json_object(arguments, "--arguments")
     rt = runtime(create_app(settings()))
     run_id = rt.store.resolve_run_id(run_id)
+    payload = decision_data(rt.store, run_id, payload, edited)
     run = rt.decide(
         run_id, approved=approved, actor=by or default_actor(), comment=comment, data=payload
     )
@@ -385,9 +398,16 @@ def approve(
     data: Annotated[
         str | None, typer.Option(help="Edited input for the next step, as JSON.")
     ] = None,
+    arguments: Annotated[
+        str | None,
+        typer.Option(
+            help="For a tool call: run it with these arguments instead, as a JSON "
+            "object, e.g. '{\"amount\": 40}'."
+        ),
+    ] = None,
 ) -> None:
     """Approve a run that waits for approval; its next step is queued."""
-    _decide(run_id, True, comment, by, data)
+    _decide(run_id, True, comment, by, data, arguments)
 
 
 @cli.command()

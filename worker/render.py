@@ -15,6 +15,8 @@ from rich.text import Text
 
 from pausepoint.persistence.records import Checkpoint, Event, Message, RunRecord, WaitRecord
 from pausepoint.persistence.retention import GcReport
+from pausepoint.worker.render_tools import conversation_table
+from pausepoint.worker.serialize import message_json
 
 STATUS_STYLE = {
     "queued": "cyan",
@@ -113,15 +115,9 @@ def runs_table(runs: Sequence[RunRecord], title: str = "Runs", compact: bool = F
     return table
 
 
-def history_table(messages: Sequence[Message]) -> Table:
-    table = Table(title="Conversation", header_style="bold", expand=True)
-    table.add_column("#", justify="right", width=4)
-    table.add_column("role", width=9)
-    table.add_column("content", ratio=1)
-    for m in messages:
-        style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m.role, "")
-        table.add_row(str(m.idx), Text(m.role, style=style), Text(m.content))
-    return table
+def history_table(messages: Sequence[Message], events: Sequence[Event] = ()) -> Table:
+    """The conversation, each assistant turn's tool calls and their results under it."""
+    return conversation_table([message_json(m) for m in messages], events)
 
 
 def waits_table(waits: Sequence[WaitRecord]) -> Table:
@@ -219,7 +215,7 @@ def run_panel(
         state = Text(json.dumps(checkpoint.state, indent=2, default=str))
         parts.append(Panel(state, title=f"State at checkpoint #{checkpoint.seq}", expand=False))
     if history:
-        parts.append(history_table(history))
+        parts.append(history_table(history, events))
     if waits:
         parts.append(waits_table(waits))
     parts.append(events_table(events))
@@ -299,12 +295,6 @@ def history_view(
     return Group(timeline_table(run, timeline), lineage(run, forks))
 
 
-def _message_rows(table: Table, messages: Sequence[dict[str, Any]]) -> None:
-    for m in messages:
-        style = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m["role"], "")
-        table.add_row(str(m["idx"]), Text(m["role"], style=style), Text(m["content"]))
-
-
 def checkpoint_panel(view: dict[str, Any]) -> Group:
     """One checkpoint as it was (``worker.serialize.checkpoint_view``): its state, the
     conversation then, and what changed from the checkpoint before it."""
@@ -326,14 +316,8 @@ def checkpoint_panel(view: dict[str, Any]) -> Group:
         ),
     ]
     if view["history"]:
-        table = Table(
-            title=f"Conversation as of checkpoint #{view['seq']}", header_style="bold", expand=True
-        )
-        table.add_column("#", justify="right", width=4)
-        table.add_column("role", width=9)
-        table.add_column("content", ratio=1)
-        _message_rows(table, view["history"])
-        parts.append(table)
+        title = f"Conversation as of checkpoint #{view['seq']}"
+        parts.append(conversation_table(view["history"], title=title))
     parts.append(changes_table(view))
     return Group(*parts)
 
@@ -363,7 +347,7 @@ def changes_table(view: dict[str, Any]) -> Table | Text:
         table.add_row(
             Text("message added", style="green"),
             str(m["idx"]),
-            Text(f"{m['role']}: {short(m['content'], 70)}"),
+            Text(f"{m['role']}: {short(m['content'] + _calls_of(m), 70)}"),
         )
     dropped = changes["messages_dropped"]
     if dropped:
@@ -375,6 +359,11 @@ def changes_table(view: dict[str, Any]) -> Table | Text:
     if not table.row_count:
         table.add_row(Text("nothing", style="dim"), "", "")
     return table
+
+
+def _calls_of(message: dict[str, Any]) -> str:
+    names = [str((c.get("function") or {}).get("name")) for c in message.get("tool_calls") or []]
+    return f" → calls {', '.join(names)}" if names else ""
 
 
 # ----------------------------------------------------------------- retention

@@ -16,10 +16,32 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from pausepoint.persistence.errors import Forbidden, PausepointError, Unauthorized
-from pausepoint.persistence.records import APPROVAL, FINISHED, PENDING, RunRecord, WaitRecord
+from pausepoint.persistence.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    PausepointError,
+    Unauthorized,
+)
+from pausepoint.persistence.jsonvalues import parse_json
+from pausepoint.persistence.records import (
+    APPROVAL,
+    FINISHED,
+    PENDING,
+    Event,
+    Message,
+    RunRecord,
+    WaitRecord,
+)
+from pausepoint.persistence.store import Store
 from pausepoint.tasks.runtime import Runtime
 from pausepoint.worker.auth import SESSION_SECONDS, Keyring, Principal
+from pausepoint.worker.serialize import (
+    conversation,
+    message_json,
+    pending_tool_call,
+    pretty_arguments,
+)
 
 COOKIE = "pausepoint_session"
 
@@ -36,6 +58,9 @@ textarea{width:100%;min-height:4rem;box-sizing:border-box}
 button{padding:.45rem 1rem;border-radius:5px;border:1px solid #999;cursor:pointer;font-size:1rem}
 .approve{background:#2e7d32;color:#fff;border-color:#2e7d32}.reject{background:#c62828;color:#fff;border-color:#c62828}
 .status{font-weight:700;text-transform:uppercase}.flash{background:#fff3cd;padding:.6rem 1rem;border-radius:6px}
+.calls{list-style:none;margin:.2rem 0 .6rem 1.2rem;padding:0}.call{border-left:3px solid #c90;padding:.3rem .7rem;margin:.4rem 0;background:#fbf8f0}
+.tool{font-weight:700}pre.args{background:#f0f3f7;padding:.5rem .7rem;margin:.3rem 0;white-space:pre-wrap;overflow-wrap:anywhere}
+.proposed{border:1px solid #c90;border-radius:6px;padding:.2rem 1rem;margin:.6rem 0}textarea.json{font-family:ui-monospace,monospace;min-height:7rem}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee;font-size:.9rem}
 """
 
@@ -73,6 +98,87 @@ def deadline_text(deadline: datetime | None) -> str:
     hours = left / 3600
     rel = f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
     return f'<span class="due">due {esc(when)}</span> <span class="muted">(in {rel})</span>'
+
+
+def timeline_html(messages: list[Message], events: list[Event]) -> str:
+    """The conversation, escaped: each message a ``.msg``, and under an assistant turn
+    each tool call it made (name, arguments, how it went) with its result."""
+    out = []
+    for entry in conversation([message_json(m) for m in messages], events):
+        out.append(_msg(entry))
+        calls = "".join(_call_html(c) for c in entry["calls"])
+        if calls:
+            out.append(f'<ol class="calls">{calls}</ol>')
+    return "".join(out)
+
+
+def _msg(m: dict[str, Any], role: str | None = None) -> str:
+    return (
+        f'<div class="msg" data-idx="{esc(m["idx"])}"><span class="role">{esc(role or m["role"])}</span>'
+        f"{esc(m.get('content') or '')}</div>"
+    )
+
+
+def _call_html(call: dict[str, Any]) -> str:
+    how = []
+    if call.get("outcome"):
+        how.append(esc(call["outcome"]))
+    if call.get("decided_by"):
+        how.append(f"decided by {esc(call['decided_by'])}")
+    head = (
+        f'<span class="tool">{esc(call["name"])}</span> <code class="muted">{esc(call["id"])}</code>'
+        + (f' <span class="muted">· {" · ".join(how)}</span>' if how else "")
+    )
+    edited = ""
+    if call.get("ran_with"):
+        edited = (
+            f"<p>Edited by {esc(call.get('edited_by'))}; the tool ran with:</p>"
+            f'<pre class="args">{esc(call["ran_with"])}</pre>'
+        )
+    result = call["result"]
+    shown = _msg(result, "result") if result is not None else '<p class="muted">no result yet</p>'
+    return (
+        f'<li class="call" data-call="{esc(call["id"])}">{head}'
+        f'<pre class="args">{esc(call["arguments"])}</pre>{edited}{shown}</li>'
+    )
+
+
+def _proposed_html(call: dict[str, Any]) -> str:
+    reason = call["reason"] or "(the model gave none)"
+    return f"""<div class="proposed"><h3>The proposed tool call</h3>
+<p>Tool <span class="tool" data-tool="{esc(call["name"])}">{esc(call["name"])}</span> <code class="muted">{esc(call["id"])}</code></p>
+<pre class="args proposed-arguments">{esc(pretty_arguments(call["arguments"]))}</pre>
+<p><strong>Its reason:</strong> {esc(reason)}</p></div>"""
+
+
+def edited_arguments(store: Store, run_id: str, fields: dict[str, str]) -> dict[str, Any] | None:
+    """The decision's data from an approval form: ``{"arguments": ...}`` when the approver
+    changed the proposed call's arguments, None otherwise. Raises Conflict when the run
+    no longer waits on the call the form showed, InvalidInput for arguments that are not
+    a JSON object; nothing is decided then."""
+    key = fields.get("call")
+    if key is None:
+        return None  # the form of an approval that is not about a tool call
+    call = pending_tool_call(store, store.get_run(run_id))
+    if call is None or call["key"] != key:
+        raise Conflict(
+            f"run {run_id} no longer waits on the tool call you saw; nothing was decided. "
+            "The list below shows what waits now."
+        )
+    if fields.get("decision") != "approve" or "arguments" not in fields:
+        return None
+    try:
+        edited = parse_json(fields["arguments"], "the arguments field")
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"Nothing was decided: {exc}. Fix the arguments and approve again."
+        ) from None
+    if not isinstance(edited, dict):
+        raise InvalidInput(
+            "Nothing was decided: the arguments field must be a JSON object, like "
+            '{"amount": 40}. Fix the arguments and approve again.'
+        )
+    return None if edited == call["parsed"] else {"arguments": edited}
 
 
 def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
@@ -142,23 +248,35 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
 
     def _card(run: RunRecord, wait: WaitRecord, csrf: str) -> str:
         history = store.history(run.id, stop=run.history_len)
-        answer = next((m.content for m in reversed(history) if m.role == "assistant"), "")
-        turns = "".join(
-            f'<div class="msg"><span class="role">{esc(m.role)}</span>{esc(m.content)}</div>'
-            for m in history
-        )
-        return f"""<section class="card" data-run="{esc(run.id)}">
-<h2>{esc(run.task or run.workflow)}</h2>
-<p class="muted">run <code>{esc(run.id)}</code> · agent {esc(run.agent_name)} · workflow {esc(run.workflow)}
-· group {esc(wait.approver_group or "any")}</p>
-<p>{esc(wait.prompt)}</p>
+        call = pending_tool_call(store, run)
+        # The trail says how earlier calls went; a run without any needs no query for it.
+        called = any(m.data and m.data.get("tool_calls") for m in history)
+        turns = timeline_html(history, store.events(run.id) if called else [])
+        rid = esc(run.id)
+        if call is None:
+            answer = next((m.content for m in reversed(history) if m.role == "assistant"), "")
+            about = f"""<p>{esc(wait.prompt)}</p>
 <p>{deadline_text(wait.deadline)}</p>
-<h3>The agent's last answer</h3><div class="answer">{esc(answer) or '<span class="muted">none</span>'}</div>
+<h3>The agent's last answer</h3><div class="answer">{esc(answer) or '<span class="muted">none</span>'}</div>"""
+            edit = ""
+            comment = "Comment"
+        else:
+            about = f"""<p>{esc(run.agent_name)} wants to call <strong>{esc(call["name"])}</strong>: approve, reject with a reason, or approve with edited arguments.</p>
+<p>{deadline_text(wait.deadline)}</p>{_proposed_html(call)}"""
+            edit = f"""<input type="hidden" name="call" value="{esc(call["key"])}">
+<label for="arguments-{rid}">Arguments (JSON)</label> <span class="muted">change them, then approve, to run the tool with yours</span>
+<textarea class="json" id="arguments-{rid}" name="arguments" spellcheck="false">{esc(pretty_arguments(call["arguments"]))}</textarea>"""
+            comment = "Comment (on a rejection, the reason the agent reads)"
+        return f"""<section class="card" data-run="{rid}">
+<h2>{esc(run.task or run.workflow)}</h2>
+<p class="muted">run <code>{rid}</code> · agent {esc(run.agent_name)} · workflow {esc(run.workflow)}
+· group {esc(wait.approver_group or "any")}</p>
+{about}
 <details><summary>Conversation ({len(history)} messages)</summary>{turns}</details>
-<form method="post" action="/ui/runs/{esc(run.id)}/decide">
-<input type="hidden" name="csrf" value="{esc(csrf)}">
-<label for="comment-{esc(run.id)}">Comment</label>
-<textarea id="comment-{esc(run.id)}" name="comment"></textarea>
+<form method="post" action="/ui/runs/{rid}/decide">
+<input type="hidden" name="csrf" value="{esc(csrf)}">{edit}
+<label for="comment-{rid}">{comment}</label>
+<textarea id="comment-{rid}" name="comment"></textarea>
 <p><button type="submit" name="decision" value="approve" class="approve">Approve</button>
 <button type="submit" name="decision" value="reject" class="reject">Reject</button></p>
 </form></section>"""
@@ -175,12 +293,14 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
             decision = fields.get("decision")
             if decision not in ("approve", "reject"):
                 raise Forbidden("choose approve or reject")
+            data = await run_in_threadpool(edited_arguments, store, run_id, fields)
             await run_in_threadpool(
                 rt.decide,
                 run_id,
                 approved=decision == "approve",
                 actor=f"web:{principal.name}",
                 comment=fields.get("comment", "")[:10_000],
+                data=data,
                 groups=principal.approver_groups(),
             )
         except PausepointError as exc:
@@ -198,14 +318,12 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         except PausepointError as exc:
             return page("Not found", f'<p class="card">{esc(exc)}</p>', principal)
         history = store.history(run.id, stop=run.history_len)
-        turns = "".join(
-            f'<div class="msg"><span class="role">{esc(m.role)}</span>{esc(m.content)}</div>'
-            for m in history
-        )
+        events = store.events(run.id)
+        turns = timeline_html(history, events)
         rows = "".join(
             f"<tr><td>{e.n}</td><td>{esc(e.created_at.strftime('%H:%M:%S'))}</td>"
             f"<td>{esc(e.kind)}</td><td>{esc(e.actor)}</td></tr>"
-            for e in store.events(run.id)
+            for e in events
         )
         result = (
             f'<p>Result: <code id="result">{esc(run.result)}</code></p>' if run.finished else ""
