@@ -502,3 +502,44 @@ def test_an_async_tool_can_wait_for_an_event_or_time_out(make: Callable[..., Har
     texts = [m["content"] for m in h.tool_messages(run_id)]
     assert json.loads(texts[0]) == {"paid": 40}
     assert texts[1] == "Error: the tool did not report back in time"
+
+
+def test_a_react_loop_through_the_real_openai_client(store: Store) -> None:
+    """Tools, tool calls, results and retries over HTTP, the way a real model sees them."""
+    from pausepoint.tasks.openai_backend import OpenAIBackend
+    from tests.openai_server import OpenAIServer
+
+    def reply(body: dict[str, Any]) -> Any:
+        messages = body["messages"]
+        if not any(m["role"] == "tool" for m in messages):
+            return {
+                "content": None,
+                "tool_calls": [{"name": "lookup", "arguments": {"order_id": "A-7"}}],
+            }
+        return "The order is found."
+
+    with OpenAIServer(reply=reply) as server:
+        llm = OpenAIBackend(server.base_url, model="m", max_retries=2, timeout=5)
+        h = Harness(store, ScriptedBackend(), "react")
+        h.rt.llm = llm
+        h.agent()
+        h.tool("lookup")({"found": True})
+        server.plan(status=500)  # the first model call fails once: retried, same key
+        run_id = h.start()
+        h.drain()
+        run = h.store.get_run(run_id)
+        assert run.status == COMPLETED, run.error
+        assert run.result["answer"] == "The order is found." and run.result["tool_calls"] == 1
+        chats = [r for r in server.requests if r.path.endswith("/chat/completions")]
+        assert len(chats) == 3
+        assert chats[0].headers["idempotency-key"] == chats[1].headers["idempotency-key"]
+        assert chats[0].body["tools"][0]["function"]["name"] == "lookup"
+        sent = chats[2].body["messages"]
+        call = next(m for m in sent if m.get("tool_calls"))
+        result = next(m for m in sent if m["role"] == "tool")
+        assert result["tool_call_id"] == call["tool_calls"][0]["id"]
+        assert json.loads(result["content"]) == {"found": True}
+        assert h.ran == [("lookup", {"order_id": "A-7", "amount": 0.0})]
+        usage = [c for e in h.store.events(run_id) for c in e.data.get("model_calls", [])]
+        assert all(isinstance(c["usage_in"], int) for c in usage)  # the server's usage
+        llm.close()
