@@ -543,3 +543,55 @@ def test_a_react_loop_through_the_real_openai_client(store: Store) -> None:
         usage = [c for e in h.store.events(run_id) for c in e.data.get("model_calls", [])]
         assert all(isinstance(c["usage_in"], int) for c in usage)  # the server's usage
         llm.close()
+
+
+def test_tokens_and_wall_time_budgets(make: Callable[..., Harness]) -> None:
+    h = make([("lookup", {"order_id": "A-1"})], budget={"tokens": 50, "iterations": None})
+    h.tool("lookup")("x")
+    run_id = h.start()
+    h.drain()
+    run = h.store.get_run(run_id)
+    assert run.status == FAILED and run.error.startswith("the run reached its budget of 50 tokens")
+    slow = make([("lookup", {"order_id": "A-1"})], budget={"seconds": 0.05})
+    slow.tool("lookup")("x")
+    run2 = slow.start()
+    slow.rt.run_step(*slow.published.pop(0), owner="t")  # some steps (inline), then later
+    import time
+
+    time.sleep(0.1)
+    slow.drain()
+    failed = slow.store.get_run(run2)
+    assert failed.status == FAILED and "budget of 0.05 seconds" in (failed.error or "")
+
+
+def test_a_global_tool_is_offered_when_the_agent_names_it(store: Store) -> None:
+    from pausepoint.tasks.tools import ToolRegistry, tool
+
+    own = ToolRegistry()
+    calls: list[str] = []
+
+    @tool(into=own)
+    def weather(city: str) -> str:
+        """Today's weather in a city."""
+        calls.append(city)
+        return "sunny"
+
+    # The loop reads the global registry: stand a fresh one in for this test.
+    import pausepoint.tasks.agent_loop as loop_module
+
+    saved = loop_module.global_tools
+    loop_module.global_tools = own
+    try:
+        h = Harness(store, play([("weather", {"city": "Oslo"})], "Sunny."), "react")
+        store.save_agent("helper", persona="You help.", model={"tools": ["weather"]})
+        run_id = h.start()
+        h.drain()
+        assert h.store.get_run(run_id).status == COMPLETED and calls == ["Oslo"]
+        store.save_agent("helper", model={"tools": ["weather", "teleport"]})
+        bad = h.start()
+        h.drain()
+        failed = h.store.get_run(bad)
+        assert failed.status == FAILED
+        assert "no tool is registered as 'teleport'" in (failed.error or "")
+    finally:
+        loop_module.global_tools = saved
