@@ -52,6 +52,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"malformed store URL {shown!r}: {str(exc).replace(url, shown)}"
         ) from None
     backend = parsed.get_backend_name()
+    # An error never writes a statement's parameters (a run's data) into a log.
+    kwargs.setdefault("hide_parameters", True)
     if backend == "sqlite":
         return _sqlite_engine(url, **kwargs)
     if backend == "postgresql":
@@ -124,6 +126,20 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _private_file(path: str) -> None:
+    """Create the store's file readable by its owner only (0600; SQLite gives its -wal
+    and -shm files the same mode): whoever reads the store reads every run. A file that
+    exists keeps the mode its owner chose."""
+    if path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # a folder that does not exist: SQLite says so, better than we would
+
+
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.database in (None, "", ":memory:"):
@@ -131,6 +147,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
             "an in-memory SQLite store cannot be shared between processes; give a file path"
         )
     kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    _private_file(parsed.database)
     # Pooled: when the last connection to a WAL database closes, SQLite checkpoints the
     # WAL into the file and deletes it, so a connection per transaction (NullPool) paid
     # that on every commit: 5 ms instead of 1.6 ms for a step's three transactions

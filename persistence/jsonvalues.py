@@ -18,6 +18,7 @@ digits). One such row made every batch read and every sweeper pass fail. So:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pausepoint.persistence.errors import InvalidInput
@@ -46,6 +47,33 @@ def is_unreadable(value: object) -> bool:
 _CONTAINERS = (dict, list, tuple)
 
 
+# What no text column of either store can hold: NUL (Postgres refuses it) and a lone
+# UTF-16 surrogate (it cannot be encoded as UTF-8).
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored, or None."""
+    found = _BAD_TEXT.search(text)
+    if found is None:
+        return None
+    return "holds a NUL character" if found.group() == "\x00" else "holds a lone surrogate"
+
+
+def check_text(value: str | None, what: str, *, limit: int | None = None) -> str | None:
+    """``value`` if a text column can keep it, else InvalidInput naming ``what``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidInput(f"{what} {problem}")
+    if limit is not None and len(value) > limit:
+        raise InvalidInput(f"{what} is longer than {limit:,} characters")
+    return value
+
+
 def json_problem(value: Any, *, ints: bool = True) -> str | None:
     """Why ``value`` is outside the limits, or None.
 
@@ -54,6 +82,8 @@ def json_problem(value: Any, *, ints: bool = True) -> str | None:
     """
     if type(value) is int and ints and not MIN_INT <= value <= MAX_INT:
         return _BIG_INT
+    if type(value) is str:
+        return text_problem(value)
     level = [value] if type(value) in _CONTAINERS else []
     depth = 0
     while level:
@@ -62,12 +92,18 @@ def json_problem(value: Any, *, ints: bool = True) -> str | None:
             return f"nested deeper than {MAX_DEPTH} levels"
         below = []
         for item in level:
+            if type(item) is dict:
+                for key in item:
+                    if type(key) is str and _BAD_TEXT.search(key):
+                        return f"has a key that {text_problem(key)}"
             for child in item.values() if type(item) is dict else item:
                 kind = type(child)
                 if kind is dict or kind is list or kind is tuple:
                     below.append(child)
                 elif kind is int and ints and not MIN_INT <= child <= MAX_INT:
                     return _BIG_INT
+                elif kind is str and _BAD_TEXT.search(child):
+                    return text_problem(child)
         level = below
     return None
 

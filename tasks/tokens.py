@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from dataclasses import dataclass
 
@@ -64,6 +65,8 @@ def parse_token(secret: bytes, token: str) -> CallbackToken | None:
     if len(parts) != 4 or len(token) > 200:
         return None
     run_id, seq_text, src, mac = parts
+    if not token.isascii():  # "٣" is a digit to str.isdigit; no token of ours has one
+        return None
     if not (len(run_id) == 32 and seq_text.isdigit() and len(mac) == 64):
         return None
     if src != NO_SOURCE and not SOURCE_RE.match(src):
@@ -94,8 +97,11 @@ def verify_signature(
         sent = float(timestamp)
     except ValueError:
         return "X-Pausepoint-Timestamp is not a Unix time"
+    if not math.isfinite(sent):  # abs(now - nan) > tolerance is False
+        return "X-Pausepoint-Timestamp is not a Unix time"
     if abs(now - sent) > tolerance:
         return f"timestamp is more than {tolerance:.0f} s away from now"
-    if not hmac.compare_digest(signature.encode(), sign(secret, timestamp, body).encode()):
+    expected = sign(secret, timestamp, body).encode()
+    if not hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), expected):
         return "signature does not match"
     return None

@@ -180,6 +180,7 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    api.add_middleware(NoFraming)
 
     @api.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -380,6 +381,41 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
 
     mount_ui(api, rt, keyring)
     return api
+
+
+class NoFraming:
+    """No page of ours may be framed by another site (a framed approval page decided a
+    run with one click): ``X-Frame-Options`` for old browsers, CSP for the others."""
+
+    HEADERS = (
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                for i, (name, value) in enumerate(headers):
+                    if (
+                        name.lower() == b"content-security-policy"
+                        and b"frame-ancestors" not in value
+                    ):
+                        headers[i] = (name, value + b"; frame-ancestors 'none'")
+                headers += [(n, v) for n, v in self.HEADERS if n not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, framed)
 
 
 class BodyLimit:

@@ -43,8 +43,15 @@ class Principal:
         return self.groups
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time, and any text (``compare_digest`` refuses non-ASCII ``str``)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 class Keyring:
@@ -82,7 +89,7 @@ class Keyring:
             raise Unauthorized("log in with your API key")
         body, _, mac = cookie.rpartition(".")
         name, _, expiry = body.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac("session:" + body)):
+        if not _same(mac, self._mac("session:" + body)):
             raise Unauthorized("log in with your API key")
         if not expiry.isdigit() or int(expiry) < (now or time.time()):
             raise Unauthorized("your session expired; log in again")
@@ -95,7 +102,7 @@ class Keyring:
         return self._mac("csrf:" + cookie)
 
     def check_csrf(self, cookie: str, token: str) -> None:
-        if not hmac.compare_digest(self.csrf_token(cookie), token or ""):
+        if not _same(self.csrf_token(cookie), token or ""):
             raise Forbidden("the form expired; reload the page")
 
     def _mac(self, message: str) -> str:

@@ -10,6 +10,7 @@ from pausepoint.persistence import queries
 from pausepoint.persistence.errors import (
     InvalidInput,
 )
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     AgentRecord,
 )
@@ -17,6 +18,9 @@ from pausepoint.persistence.store.core import StoreCore, ensure_json
 from pausepoint.persistence.tables import (
     agents,
 )
+
+# Persona, instruction and strategy go into every model call's system prompt.
+MAX_AGENT_TEXT = 50_000
 
 
 class AgentsRoom(StoreCore):
@@ -34,6 +38,13 @@ class AgentsRoom(StoreCore):
             raise InvalidInput(f"bad agent name {name!r}: 1-200 characters, no outer spaces")
         if model is not None:
             ensure_json(model, "model settings")
+        check_text(name, "the agent name")
+        for what, value in (
+            ("persona", persona),
+            ("instruction", instruction),
+            ("strategy", strategy),
+        ):
+            check_text(value, f"the agent's {what}", limit=MAX_AGENT_TEXT)
         now = self.clock()
         given = {
             k: v

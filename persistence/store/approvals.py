@@ -9,6 +9,7 @@ from pausepoint.persistence.errors import (
     Forbidden,
     NotWaiting,
 )
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     APPROVAL,
     FULFILLED,
@@ -38,6 +39,8 @@ class ApprovalsRoom(StoreCore):
         first). Nothing is changed when it raises.
         """
         data = ensure_json(dict(data or {}), "approval data")
+        check_text(comment, "the comment", limit=10_000)
+        check_text(actor, "the actor", limit=200)
         with self.write() as conn:
             run = queries.get_run(conn, run_id, for_update=True)
             if run.status != WAITING:

@@ -11,6 +11,7 @@ from pausepoint.persistence.errors import (
     Conflict,
     Gone,
 )
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     CALLBACK,
     EVENT,
@@ -107,6 +108,9 @@ class DeliveriesRoom(StoreCore):
         is resumed at once.
         """
         payload = ensure_json(payload, "event payload")
+        check_text(name, "the event name", limit=200)
+        check_text(key, "the event key", limit=200)
+        check_text(actor, "the actor", limit=200)
         with self.write() as conn:
             now = self.clock()
             delivery = conn.execute(

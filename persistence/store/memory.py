@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, or_, select, upda
 
 from pausepoint.persistence import queries
 from pausepoint.persistence.errors import InvalidInput
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     MEMORY_KINDS,
     MemoryRecord,
@@ -79,10 +80,12 @@ def check_memory(m: NewMemory) -> None:
         raise InvalidInput("a memory needs some content")
     if len(m.content) > MAX_CONTENT:
         raise InvalidInput(f"a memory is at most {MAX_CONTENT:,} characters")
+    check_text(m.content, "a memory")
     for name in ("subject", "key"):
         value = getattr(m, name)
         if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
             raise InvalidInput(f"a memory's {name} is a string of 1 to 200 characters")
+        check_text(value, f"a memory's {name}")
     if m.supersedes is not None and (
         not isinstance(m.supersedes, int) or isinstance(m.supersedes, bool) or m.supersedes < 1
     ):

@@ -14,6 +14,7 @@ from pausepoint.persistence.errors import (
     Conflict,
     InvalidInput,
 )
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     QUEUED,
     Message,
@@ -27,6 +28,10 @@ from pausepoint.persistence.tables import (
 )
 from pausepoint.persistence.tables import events as events_table
 from pausepoint.persistence.tables import messages as messages_table
+
+# A run's task is read by people (the approval page) and sent to the model on every call:
+# 100,000 characters is far more than a task needs and far less than an inbox can carry.
+MAX_TASK = 100_000
 
 
 class RunsRoom(StoreCore):
@@ -50,6 +55,10 @@ class RunsRoom(StoreCore):
         """
         input = ensure_json(dict(input or {}), "run input")
         state = ensure_json(dict(state or {}), "run state")
+        check_text(task, "a run's task", limit=MAX_TASK)
+        check_text(actor, "the actor", limit=200)
+        check_text(workflow, "the workflow name", limit=200)
+        check_text(idempotency_key, "an idempotency key")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
             raise InvalidInput("an idempotency key must be 1-200 characters")
         try:

@@ -12,6 +12,7 @@ from pausepoint.persistence.errors import (
     InvalidInput,
     StaleVersion,
 )
+from pausepoint.persistence.jsonvalues import check_text
 from pausepoint.persistence.records import (
     COMPLETED,
     FAILED,
@@ -170,6 +171,11 @@ class StepsRoom(StoreCore):
             raise InvalidInput(f"a step cannot move a run to {t.status!r}")
         # A retry keeps the state of the checkpoint it retries: no new checkpoint.
         state = None if t.retry else ensure_json(t.state, "step state")
+        for i, m in enumerate(t.messages):
+            check_text(m.content, f"message {i} of the step")
+            if m.data:
+                ensure_json(m.data, f"message {i} of the step's fields")
+        check_text(t.error, "the run's error")
         events = list(t.events)
         wait_status, wait_outcome = PENDING, None
         releases = not t.retry and bool(claim.holds)

@@ -1,0 +1,179 @@
+"""Input that used to break the API or the store (issue 14, part 2): each is now refused
+with a 4xx and a message, and changes nothing.
+
+NUL bytes and lone surrogates (no text column of Postgres can hold the first, no UTF-8
+the second), tokens, cookies and CSRF fields with non-ASCII text (``compare_digest``
+raised on them), a signature timestamp of ``nan``, over-long tasks and event keys; and
+what an attacker who reads the store or frames a page could use: world-readable store
+files, SQL parameters in error logs, pages that may be framed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from httpx import Response
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from pausepoint.persistence.errors import InvalidInput
+from pausepoint.persistence.jsonvalues import check_json, check_text
+from pausepoint.persistence.records import FAILED
+from pausepoint.persistence.store import Store
+from pausepoint.persistence.tables import agents
+from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import ScriptedBackend
+from pausepoint.tasks.runtime import Runtime
+from pausepoint.tasks.tokens import sign, verify_signature
+from pausepoint.tasks.workflow import End, Outcome, Registry, Workflow
+from pausepoint.worker.web import COOKIE
+from tests.unit.test_api_audit import ROOT, Env, auth
+from tests.unit.test_api_audit import env as env
+
+NUL = "a\x00b"
+SURROGATE = "a\ud800b"
+
+
+def post(env: Env, path: str, body: object) -> Response:
+    """POST ``body`` as JSON with every non-ASCII character escaped, as a client may send a
+    lone surrogate (``"\\ud800"``) that no UTF-8 encoder would."""
+    headers = {**auth(ROOT), "content-type": "application/json"}
+    return env.http.post(path, content=json.dumps(body), headers=headers)
+
+
+@pytest.mark.parametrize("bad", [NUL, SURROGATE], ids=["nul", "surrogate"])
+def test_text_no_store_can_keep_is_refused_where_it_comes_in(env: Env, bad: str) -> None:
+    start = {"workflow": "loan", "agent": "loan_processor"}
+    cases = [
+        {**start, "task": bad},
+        {**start, "task": "t", "input": {"applicant": bad}},
+        {**start, "task": "t", "input": {bad: 1}},
+        {**start, "task": "t", "input": {"deep": [{"x": [bad]}]}},
+    ]
+    for body in cases:
+        error = env.refused(lambda b=body: post(env, "/runs", b), 422)
+        assert "NUL" in error or "surrogate" in error, error
+    run_id = env.parked_loan()
+    env.refused(lambda: post(env, f"/runs/{run_id}/approve", {"comment": bad}), 422)
+    env.refused(lambda: post(env, "/events/order.paid", {"key": bad}), 422)
+
+
+def test_checks_name_what_is_wrong() -> None:
+    with pytest.raises(InvalidInput, match="the task holds a NUL character"):
+        check_text(NUL, "the task")
+    with pytest.raises(InvalidInput, match="holds a lone surrogate"):
+        check_json({"a": [SURROGATE]}, "run input")
+    with pytest.raises(InvalidInput, match="has a key that holds a NUL"):
+        check_json({NUL: 1}, "run input")
+    assert check_json({"emoji": "✓ 😀", "n": 1}, "x") == {"emoji": "✓ 😀", "n": 1}
+
+
+def test_over_long_tasks_and_event_keys_are_422(env: Env) -> None:
+    start = {"workflow": "loan", "agent": "loan_processor"}
+    error = env.refused(lambda: env.post("/runs", {**start, "task": "x" * 100_001}), 422)
+    assert "longer than 100,000 characters" in error
+    error = env.refused(lambda: env.post("/events/order.paid", {"key": "k" * 201}), 422)
+    assert "event key" in error
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "0" * 32 + ".١٢.-.a" + "0" * 63,  # Arabic-Indic digits: str.isdigit says yes
+        "0" * 32 + ".1.-." + "é" * 64,  # a MAC of non-ASCII letters
+    ],
+)
+def test_a_callback_token_of_non_ascii_text_is_unknown_not_a_crash(env: Env, token: str) -> None:
+    r = env.http.post(f"/callbacks/{token}", json={"x": 1})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == "unknown callback token"
+
+
+def test_non_ascii_sessions_and_csrf_fields_are_refused_not_a_crash(env: Env) -> None:
+    cookie = "root." + str(int(time.time()) + 600) + "." + "é" * 64
+    r = env.http.get("/ui", headers={"cookie": f"{COOKIE}={cookie}".encode()})
+    assert r.status_code in (303, 307), r.text
+    login = env.http.post("/ui/login", data={"key": ROOT})
+    assert login.status_code == 303
+    run_id = env.parked_loan()
+    r = env.http.post(f"/ui/runs/{run_id}/decide", data={"csrf": "ü" * 64, "decision": "approve"})
+    assert r.status_code == 303 and "flash=" in r.headers["location"]
+    assert env.store.get_run(run_id).status == "waiting"
+
+
+def test_a_signature_timestamp_of_nan_or_inf_is_refused() -> None:
+    body = b'{"paid": true}'
+    for stamp in ("nan", "NaN", "inf", "-inf"):
+        problem = verify_signature("s", stamp, sign("s", stamp, body), body, time.time())
+        assert problem == "X-Pausepoint-Timestamp is not a Unix time"
+    now = str(time.time())
+    assert verify_signature("s", now, sign("s", now, body), body, time.time()) is None
+    assert verify_signature("s", now, "sha256=é", body, time.time()) == "signature does not match"
+
+
+def test_no_page_may_be_framed(env: Env) -> None:
+    for path in ("/healthz", "/ui/login", "/runs"):
+        r = env.http.get(path, headers=auth(ROOT))
+        assert r.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    store = Store.from_url(f"sqlite:///{path}")
+    try:
+        store.save_agent("a", persona="p")
+        for file in tmp_path.iterdir():
+            mode = stat.S_IMODE(os.stat(file).st_mode)
+            assert mode & 0o077 == 0, (file.name, oct(mode))
+    finally:
+        store.close()
+
+
+def test_sql_errors_never_carry_the_rows_data(store: Store) -> None:
+    store.save_agent("a", persona="the secret persona")
+    with pytest.raises(IntegrityError) as caught:
+        with store.write() as conn:
+            conn.execute(
+                insert(agents).values(
+                    name="a",
+                    persona="the secret persona",
+                    instruction="",
+                    strategy="",
+                    model={},
+                    created_at=store.clock(),
+                    updated_at=store.clock(),
+                )
+            )
+    assert "the secret persona" not in str(caught.value)
+    assert "hidden" in str(caught.value)
+
+
+def test_a_step_that_says_what_no_store_keeps_fails_its_run_saying_so(store: Store) -> None:
+    registry = Registry()
+    wf = Workflow("nul_step", registry=registry)
+
+    @wf.step
+    def say(ctx: StepContext) -> Outcome:
+        ctx.say("assistant", "binary\x00junk from a tool")
+        return End({"ok": True})
+
+    store.save_agent("a", persona="p")
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store,
+        llm=ScriptedBackend(),
+        publish=lambda r, v: published.append((r, v)),
+        workflows=registry,
+    )
+    run = rt.start("nul_step", agent="a", task="t")
+    rt.run_step(*published.pop(0), owner="t")
+    failed = store.get_run(run.id)
+    assert failed.status == FAILED
+    assert "message 0 of the step holds a NUL character" in (failed.error or "")
+    assert store.history(run.id) == []
