@@ -399,8 +399,16 @@ class Runtime:
         max_retries = step.max_retries if step is not None else 3
         error = f"{type(exc).__name__}: {exc}"
         if attempt >= max_retries:
-            log.error("run %s step %s failed for good: %s", claim.run.id, claim.run.step, error)
-            return _failed(claim, error, tb=traceback.format_exc(limit=8))
+            # The traceback (file paths, code) goes to the worker's log, for operators; the
+            # trail, which any API key may read, says what failed and why.
+            log.error(
+                "run %s step %s failed for good: %s\n%s",
+                claim.run.id,
+                claim.run.step,
+                error,
+                traceback.format_exc(limit=8),
+            )
+            return _failed(claim, error)
         delay = retry_delay if retry_delay is not None else step.backoff(attempt) if step else 1.0
         log.warning(
             "run %s step %s attempt %d failed (%s); retry in %.1fs",
@@ -452,10 +460,8 @@ def _unreadable(claim: Claim) -> str | None:
     return None
 
 
-def _failed(claim: Claim, error: str, tb: str | None = None) -> Transition:
+def _failed(claim: Claim, error: str) -> Transition:
     data: dict[str, Any] = {"step": claim.run.step, "error": error}
-    if tb:
-        data["traceback"] = tb
     return Transition(
         status=FAILED,
         state=claim.checkpoint.state,

@@ -154,6 +154,19 @@ class Settings(BaseSettings):
             return out
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_keys(cls, value: list[ApiKey]) -> list[ApiKey]:
+        # A session names its key: two keys of one name let the weaker log in as the other.
+        names = [k.name for k in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"API key names must be unique; given twice: {', '.join(twice)}")
+        secrets = [k.key.get_secret_value() for k in value]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two API keys have the same secret: give each its own")
+        return value
+
     def secret_bytes(self) -> bytes | None:
         if self.secret_key is None:
             return None

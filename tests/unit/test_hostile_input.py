@@ -177,3 +177,44 @@ def test_a_step_that_says_what_no_store_keeps_fails_its_run_saying_so(store: Sto
     assert failed.status == FAILED
     assert "message 0 of the step holds a NUL character" in (failed.error or "")
     assert store.history(run.id) == []
+
+
+def test_two_api_keys_of_one_name_or_one_secret_are_refused() -> None:
+    from pydantic import SecretStr, ValidationError
+
+    from pausepoint.worker.settings import ApiKey, Settings
+
+    viewer = ApiKey(name="ops", key=SecretStr("k-1"), roles=["viewer"])
+    admin = ApiKey(name="ops", key=SecretStr("k-2"), roles=["admin"])
+    with pytest.raises(ValidationError, match="given twice: ops"):
+        Settings(api_keys=[viewer, admin])
+    same = ApiKey(name="other", key=SecretStr("k-1"), roles=["admin"])
+    with pytest.raises(ValidationError, match="same secret"):
+        Settings(api_keys=[viewer, same])
+    assert len(Settings(api_keys=[viewer]).api_keys) == 1
+
+
+def test_a_failed_run_keeps_its_traceback_out_of_the_trail(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry()
+    wf = Workflow("crashes", registry=registry)
+
+    @wf.step(max_retries=0)
+    def boom(ctx: StepContext) -> Outcome:
+        raise RuntimeError("the CRM said no")
+
+    store.save_agent("a", persona="p")
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store,
+        llm=ScriptedBackend(),
+        publish=lambda r, v: published.append((r, v)),
+        workflows=registry,
+    )
+    run = rt.start("crashes", agent="a", task="t")
+    with caplog.at_level("ERROR"):
+        rt.run_step(*published.pop(0), owner="t")
+    (failed,) = [e for e in store.events(run.id) if e.kind == "failed"]
+    assert failed.data == {"step": "boom", "error": "RuntimeError: the CRM said no"}
+    assert "Traceback" in caplog.text and "test_hostile_input.py" in caplog.text
