@@ -105,6 +105,14 @@ class Keyring:
         if not _same(self.csrf_token(cookie), token or ""):
             raise Forbidden("the form expired; reload the page")
 
+    def note_mac(self, text: str) -> str:
+        """The MAC a page's message carries in its URL: only messages this server wrote
+        are shown (a crafted ``?flash=Call this number`` is not)."""
+        return self._mac("note:" + text)[:32]
+
+    def note_ok(self, text: str, mac: str) -> bool:
+        return _same(mac, self.note_mac(text))
+
     def _mac(self, message: str) -> str:
         return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
 

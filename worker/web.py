@@ -184,6 +184,10 @@ def edited_arguments(store: Store, run_id: str, fields: dict[str, str]) -> dict[
 def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
     store = rt.store
 
+    def noted(path: str, name: str, text: str) -> str:
+        """``path`` with a message the page will show (signed: see Keyring.note_mac)."""
+        return f"{path}?{name}={quote(text)}&sig={keyring.note_mac(text)}"
+
     def session(request: Request) -> tuple[Principal, str]:
         cookie = request.cookies.get(COOKIE, "")
         return keyring.from_session(cookie), cookie
@@ -193,8 +197,9 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
     @api.get("/ui/login", include_in_schema=False)
-    def login_page(error: str = "") -> HTMLResponse:
-        note = f'<p class="flash" role="alert">{esc(error)}</p>' if error else ""
+    def login_page(error: str = "", sig: str = "") -> HTMLResponse:
+        shown = error if error and keyring.note_ok(error, sig) else ""
+        note = f'<p class="flash" role="alert">{esc(shown)}</p>' if shown else ""
         return page(
             "Log in",
             f"""<div class="card"><h1>Log in</h1>{note}
@@ -210,7 +215,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         try:
             principal = keyring.authenticate(fields.get("key", ""))
         except Unauthorized as exc:
-            return RedirectResponse(f"/ui/login?error={quote(str(exc))}", status_code=303)
+            return RedirectResponse(noted("/ui/login", "error", str(exc)), status_code=303)
         response = RedirectResponse("/ui", status_code=303)
         response.set_cookie(
             COOKIE,
@@ -229,7 +234,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         return response
 
     @api.get("/ui", include_in_schema=False)
-    def inbox(request: Request, flash: str = "") -> Response:
+    def inbox(request: Request, flash: str = "", sig: str = "") -> Response:
         try:
             principal, cookie = session(request)
         except Unauthorized:
@@ -241,7 +246,8 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
             if w.kind == APPROVAL and (groups is None or w.approver_group in groups)
         ]
         cards = [_card(store.get_run(w.run_id), w, keyring.csrf_token(cookie)) for w in waiting]
-        note = f'<p class="flash" role="status">{esc(flash)}</p>' if flash else ""
+        shown = flash if flash and keyring.note_ok(flash, sig) else ""
+        note = f'<p class="flash" role="status">{esc(shown)}</p>' if shown else ""
         empty = '<p class="card muted">Nothing is waiting for you.</p>'
         title = f"Waiting for you ({len(cards)})"
         return page("Approvals", f"<h1>{title}</h1>{note}{''.join(cards) or empty}", principal)
@@ -304,7 +310,7 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
                 groups=principal.approver_groups(),
             )
         except PausepointError as exc:
-            return RedirectResponse(f"/ui?flash={quote(str(exc))}", status_code=303)
+            return RedirectResponse(noted("/ui", "flash", str(exc)), status_code=303)
         return RedirectResponse(f"/ui/runs/{run_id}", status_code=303)
 
     @api.get("/ui/runs/{run_id}", include_in_schema=False)

@@ -218,3 +218,15 @@ def test_a_failed_run_keeps_its_traceback_out_of_the_trail(
     (failed,) = [e for e in store.events(run.id) if e.kind == "failed"]
     assert failed.data == {"step": "boom", "error": "RuntimeError: the CRM said no"}
     assert "Traceback" in caplog.text and "test_hostile_input.py" in caplog.text
+
+
+def test_a_page_shows_only_the_messages_the_server_wrote(env: Env) -> None:
+    crafted = env.http.get("/ui/login", params={"error": "Call +1 555 0100 to unlock"})
+    assert "555" not in crafted.text
+    refused = env.http.post("/ui/login", data={"key": "wrong"})
+    where = refused.headers["location"]
+    assert where.startswith("/ui/login?error=") and "&sig=" in where
+    shown = env.http.get(where)
+    assert "unknown API key" in shown.text
+    forged = where.replace("unknown", "expired")
+    assert "expired API key" not in env.http.get(forged).text
