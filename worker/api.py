@@ -9,6 +9,7 @@ stored changes when a request is refused. The approval page lives in
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Any
 
@@ -146,7 +147,9 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
     settings = settings or Settings()
     celery_app = celery_app or create_app(settings)
     rt: Runtime = runtime(celery_app)
-    keyring = Keyring(settings.api_keys, rt.secret)
+    # Sessions have a key of their own: the store's secret is readable by whoever reads
+    # the store, and with it they could sign an admin's session.
+    keyring = Keyring(settings.api_keys, settings.session_bytes() or os.urandom(32))
     api = FastAPI(
         title="Pausepoint",
         version="0.1.0",

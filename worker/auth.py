@@ -78,24 +78,28 @@ class Keyring:
             raise Unauthorized("unknown API key")
         return _principal(found)
 
-    # Sessions for the approval page: "name.expiry.mac".
+    # Sessions for the approval page: "name.expiry.kid.mac", kid naming the key's secret,
+    # so a session ends when its key is rotated or removed.
     def session_for(self, principal: Principal, now: float | None = None) -> str:
         expiry = int((now or time.time()) + SESSION_SECONDS)
-        body = f"{principal.name}.{expiry}"
+        key = self._by_name.get(principal.name)
+        kid = _kid(key) if key is not None else "-"
+        body = f"{principal.name}.{expiry}.{kid}"
         return f"{body}.{self._mac('session:' + body)}"
 
     def from_session(self, cookie: str | None, now: float | None = None) -> Principal:
-        if not cookie or cookie.count(".") < 2:
+        if not cookie or cookie.count(".") < 3:
             raise Unauthorized("log in with your API key")
         body, _, mac = cookie.rpartition(".")
-        name, _, expiry = body.rpartition(".")
+        rest, _, kid = body.rpartition(".")
+        name, _, expiry = rest.rpartition(".")
         if not _same(mac, self._mac("session:" + body)):
             raise Unauthorized("log in with your API key")
-        if not expiry.isdigit() or int(expiry) < (now or time.time()):
+        if not (expiry.isascii() and expiry.isdigit()) or int(expiry) < (now or time.time()):
             raise Unauthorized("your session expired; log in again")
         key = self._by_name.get(name)
-        if key is None:
-            raise Unauthorized("this key is no longer configured")
+        if key is None or not _same(kid, _kid(key)):
+            raise Unauthorized("this key is no longer configured; log in again")
         return _principal(key)
 
     def csrf_token(self, cookie: str) -> str:
@@ -115,6 +119,11 @@ class Keyring:
 
     def _mac(self, message: str) -> str:
         return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _kid(key: ApiKey) -> str:
+    """A short, one-way name of a key's secret."""
+    return _digest(key.key.get_secret_value()).hex()[:16]
 
 
 def _principal(key: ApiKey) -> Principal:

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         None,
         description="Hex key for callback tokens; by default a random one kept in the store.",
     )
+    session_key: SecretStr | None = Field(
+        None,
+        description="Hex key that signs approval-page sessions and forms; never the store's "
+        "secret (whoever reads the store could sign an admin's session). Unset: a random "
+        "key per API process (sessions end when it restarts; give every API process the "
+        "same key to share them).",
+    )
     resources: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict,
         description="Named capacities, e.g. 'llm-quota=5,gpu=2'.",
@@ -165,6 +172,19 @@ class Settings(BaseSettings):
         secrets = [k.key.get_secret_value() for k in value]
         if len(set(secrets)) != len(secrets):
             raise ValueError("two API keys have the same secret: give each its own")
+        return value
+
+    def session_bytes(self) -> bytes | None:
+        if self.session_key is None:
+            return None
+        try:
+            value = bytes.fromhex(self.session_key.get_secret_value())
+        except ValueError:
+            raise ValueError(
+                "PAUSEPOINT_SESSION_KEY must be hex (e.g. `openssl rand -hex 32`)"
+            ) from None
+        if len(value) < 16:
+            raise ValueError("PAUSEPOINT_SESSION_KEY must be at least 16 bytes (32 hex digits)")
         return value
 
     def secret_bytes(self) -> bytes | None:

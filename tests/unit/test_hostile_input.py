@@ -230,3 +230,39 @@ def test_a_page_shows_only_the_messages_the_server_wrote(env: Env) -> None:
     assert "unknown API key" in shown.text
     forged = where.replace("unknown", "expired")
     assert "expired API key" not in env.http.get(forged).text
+
+
+def test_sessions_are_not_signed_by_the_store_secret_and_end_with_their_key(
+    tmp_path: Path,
+) -> None:
+    from pydantic import SecretStr
+
+    from pausepoint.worker.auth import Keyring, Unauthorized
+    from pausepoint.worker.settings import ApiKey
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        # Whoever reads the store has its secret: a session they sign with it is refused.
+        store_secret = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: None).secret
+        root = ApiKey(name="root", key=SecretStr("k-root"), roles=["admin"])
+        api_ring = Keyring([root], bytes.fromhex("ab" * 32))
+        forged = Keyring([root], store_secret).session_for(api_ring.authenticate("k-root"))
+        with pytest.raises(Unauthorized):
+            api_ring.from_session(forged)
+        session = api_ring.session_for(api_ring.authenticate("k-root"))
+        assert api_ring.from_session(session).name == "root"
+        rotated = ApiKey(name="root", key=SecretStr("k-root-2"), roles=["admin"])
+        with pytest.raises(Unauthorized, match="no longer configured"):
+            Keyring([rotated], bytes.fromhex("ab" * 32)).from_session(session)
+    finally:
+        store.close()
+
+
+def test_the_api_refuses_a_session_signed_with_the_store_secret(env: Env) -> None:
+    from pausepoint.worker.auth import Keyring
+    from tests.unit.test_api_audit import KEYS
+
+    ring = Keyring(KEYS, env.rt.secret)
+    forged = ring.session_for(ring.authenticate(ROOT))
+    r = env.http.get("/ui", headers={"cookie": f"{COOKIE}={forged}"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
