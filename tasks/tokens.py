@@ -77,9 +77,11 @@ def parse_token(secret: bytes, token: str) -> CallbackToken | None:
     return CallbackToken(run_id, seq, None if src == NO_SOURCE else src, token)
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + digest.hexdigest()
+def sign(secret: str, timestamp: str, body: bytes, token: str) -> str:
+    """``sha256=<hex HMAC-SHA256 of "timestamp.token.body">``: bound to the callback's
+    token, so a captured signed request cannot resume another run of the same source."""
+    message = timestamp.encode() + b"." + token.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def verify_signature(
@@ -89,6 +91,8 @@ def verify_signature(
     body: bytes,
     now: float,
     tolerance: float = SIGNATURE_TOLERANCE,
+    *,
+    token: str,
 ) -> str | None:
     """``None`` when the signature is good, else what is wrong with it."""
     if not timestamp or not signature:
@@ -101,7 +105,7 @@ def verify_signature(
         return "X-Pausepoint-Timestamp is not a Unix time"
     if abs(now - sent) > tolerance:
         return f"timestamp is more than {tolerance:.0f} s away from now"
-    expected = sign(secret, timestamp, body).encode()
+    expected = sign(secret, timestamp, body, token).encode()
     if not hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), expected):
         return "signature does not match"
     return None

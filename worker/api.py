@@ -347,6 +347,7 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
                 x_pausepoint_signature,
                 raw,
                 time.time(),
+                token=token,
             )
             if problem:
                 raise Unauthorized(f"bad signature: {problem}")

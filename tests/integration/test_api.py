@@ -316,6 +316,7 @@ def test_every_refused_request_gets_its_status_and_changes_nothing(cluster: Clus
         secret = CALLBACK_SECRETS["signed"]
         body = json.dumps({"paid": True, "by": "signed"}).encode()
         now = str(int(time.time()))
+        signed_token = signed_path.rsplit("/", 1)[1]
         refused(cluster, raw(signed_path, body), 401, says="bad signature")
         refused(
             cluster,
@@ -334,7 +335,7 @@ def test_every_refused_request_gets_its_status_and_changes_nothing(cluster: Clus
                 body,
                 **{
                     "X-Pausepoint-Timestamp": now,
-                    "X-Pausepoint-Signature": sign("another-secret", now, body),
+                    "X-Pausepoint-Signature": sign("another-secret", now, body, signed_token),
                 },
             ),
             401,
@@ -347,7 +348,7 @@ def test_every_refused_request_gets_its_status_and_changes_nothing(cluster: Clus
                 body,
                 **{
                     "X-Pausepoint-Timestamp": stale,
-                    "X-Pausepoint-Signature": sign(secret, stale, body),
+                    "X-Pausepoint-Signature": sign(secret, stale, body, signed_token),
                 },
             ),
             401,
@@ -361,7 +362,7 @@ def test_every_refused_request_gets_its_status_and_changes_nothing(cluster: Clus
                 body,
                 **{
                     "X-Pausepoint-Timestamp": now,
-                    "X-Pausepoint-Signature": sign(secret, now, b'{"paid": false}'),
+                    "X-Pausepoint-Signature": sign(secret, now, b'{"paid": false}', signed_token),
                 },
             ),
             401,
@@ -372,7 +373,7 @@ def test_every_refused_request_gets_its_status_and_changes_nothing(cluster: Clus
             headers={
                 "Content-Type": "application/json",
                 "X-Pausepoint-Timestamp": now,
-                "X-Pausepoint-Signature": sign(secret, now, body),
+                "X-Pausepoint-Signature": sign(secret, now, body, signed_token),
             },
         )
         assert ok.status_code == 200, ok.text

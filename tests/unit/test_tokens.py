@@ -51,17 +51,33 @@ def test_bad_sources_are_refused() -> None:
         make_token(SECRET, RUN, 1, "Bad Source")
 
 
+TOKEN = "run.1.payments.mac"
+
+
 def test_signatures_check_secret_body_and_time() -> None:
     body = b'{"paid": true}'
     ts = "1700000000"
-    good = sign("s3cret", ts, body)
-    assert verify_signature("s3cret", ts, good, body, now=1700000100) is None
-    assert verify_signature("other", ts, good, body, now=1700000100) == "signature does not match"
-    assert verify_signature("s3cret", ts, good, body + b" ", now=1700000100) is not None
-    assert "timestamp" in (verify_signature("s3cret", ts, good, body, now=1700000301) or "")
-    assert "timestamp" in (verify_signature("s3cret", ts, good, body, now=1699999699) or "")
-    assert "missing" in (verify_signature("s3cret", None, good, body, now=1700000000) or "")
-    assert "Unix time" in (verify_signature("s3cret", "yesterday", good, body, now=0) or "")
+    good = sign("s3cret", ts, body, TOKEN)
+    assert verify_signature("s3cret", ts, good, body, now=1700000100, token=TOKEN) is None
+    assert (
+        verify_signature("other", ts, good, body, now=1700000100, token=TOKEN)
+        == "signature does not match"
+    )
+    assert (
+        verify_signature("s3cret", ts, good, body + b" ", now=1700000100, token=TOKEN) is not None
+    )
+    assert "timestamp" in (
+        verify_signature("s3cret", ts, good, body, now=1700000301, token=TOKEN) or ""
+    )
+    assert "timestamp" in (
+        verify_signature("s3cret", ts, good, body, now=1699999699, token=TOKEN) or ""
+    )
+    assert "missing" in (
+        verify_signature("s3cret", None, good, body, now=1700000000, token=TOKEN) or ""
+    )
+    assert "Unix time" in (
+        verify_signature("s3cret", "yesterday", good, body, now=0, token=TOKEN) or ""
+    )
 
 
 def keyring() -> Keyring:
@@ -71,6 +87,13 @@ def keyring() -> Keyring:
         ApiKey(name="bot", key=SecretStr("k-bot"), roles=["producer"]),
     ]
     return Keyring(keys, SECRET)
+
+
+def test_a_signature_is_bound_to_its_callback_token() -> None:
+    body = b'{"paid": true}'
+    good = sign("s3cret", "1700000000", body, TOKEN)
+    other = verify_signature("s3cret", "1700000000", good, body, now=1700000000, token="x.2.p.m")
+    assert other == "signature does not match"
 
 
 def test_keys_roles_and_groups() -> None:
