@@ -28,9 +28,16 @@ def assess(ctx: StepContext) -> Outcome:
     return Wait.approval(
         then="finalize",
         prompt=f"The agent recommends {recommendation}. Approve this loan? {ctx.task}",
-        group=ctx.input.get("approver_group", "underwriters"),
+        # Who may approve is the agent's setting, never the run's input: a producer who
+        # could name the group could send its loans to a group of its choosing.
+        group=_approver_group(ctx),
         timeout=timedelta(hours=hours),
     )
+
+
+def _approver_group(ctx: StepContext) -> str:
+    group = ctx.agent.model.get("approver_group") if isinstance(ctx.agent.model, dict) else None
+    return group if isinstance(group, str) and group else "underwriters"
 
 
 @loan.step

@@ -190,7 +190,7 @@ def _script(
             "loan",
             agent=AGENT,
             task=f"Loan application from {name}: amount {amount}, income {income}, debt {debt}",
-            input={"applicant": name, "approver_group": "underwriters"},
+            input={"applicant": name},
             actor="demo",
         )
         ids.append(run.id)

@@ -53,9 +53,18 @@ def expect(locator: Locator) -> LocatorAssertions:
     return playwright_expect(locator)
 
 
-def park(c: Cluster, task: str, **input: object) -> str:
-    """Start a loan run and wait until it waits for an approval; its id."""
-    run = c.runtime.start("loan", agent="loan_processor", task=task, input=dict(input))
+def park(c: Cluster, task: str, approver_group: str | None = None, **input: object) -> str:
+    """Start a loan run and wait until it waits for an approval; its id. The group that
+    decides is the agent's setting: another group gets an agent of its own."""
+    agent = "loan_processor"
+    if approver_group is not None:
+        agent = f"loans_for_{approver_group}"
+        c.store.save_agent(
+            agent,
+            persona="I am a loan processing assistant.",
+            model={"approver_group": approver_group},
+        )
+    run = c.runtime.start("loan", agent=agent, task=task, input=dict(input))
     c.wait_for([run.id], lambda r: r.status == WAITING, "the run to wait for approval")
     return run.id
 

@@ -270,3 +270,25 @@ def test_the_api_refuses_a_session_signed_with_the_store_secret(env: Env) -> Non
     forged = ring.session_for(ring.authenticate(ROOT))
     r = env.http.get("/ui", headers={"cookie": f"{COOKIE}={forged}"})
     assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+
+
+def test_a_producer_cannot_choose_who_approves_its_loan(store: Store) -> None:
+    from pausepoint.tasks import examples  # noqa: F401  (registers loan)
+    from pausepoint.tasks.workflow import registry
+
+    published: list[tuple[str, int]] = []
+    rt = Runtime(
+        store,
+        llm=ScriptedBackend(),
+        publish=lambda r, v: published.append((r, v)),
+        workflows=registry,
+    )
+    store.save_agent("loans", persona="p")
+    store.save_agent("intern_loans", persona="p", model={"approver_group": "interns"})
+    task = "Loan application: amount 20000, income 90000, debt 3000"
+    chosen = rt.start("loan", agent="loans", task=task, input={"approver_group": "interns"})
+    set_by_agent = rt.start("loan", agent="intern_loans", task=task)
+    while published:
+        rt.run_step(*published.pop(0), owner="t")
+    assert store.waits(run_id=chosen.id)[0].approver_group == "underwriters"
+    assert store.waits(run_id=set_by_agent.id)[0].approver_group == "interns"
