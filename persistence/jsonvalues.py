@@ -74,6 +74,19 @@ def check_text(value: str | None, what: str, *, limit: int | None = None) -> str
     return value
 
 
+# Checkpoint numbers are 32-bit columns on both stores.
+MAX_SEQ = 2**31 - 1
+
+
+def check_seq(seq: int | None, what: str = "a checkpoint number") -> int | None:
+    """``seq`` if a checkpoint can have that number, else InvalidInput."""
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise InvalidInput(f"{what} is a whole number from 0 to {MAX_SEQ}, not {seq!r}")
+    return seq
+
+
 def json_problem(value: Any, *, ints: bool = True) -> str | None:
     """Why ``value`` is outside the limits, or None.
 

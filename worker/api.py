@@ -33,7 +33,7 @@ from pausepoint.persistence.errors import (
     PausepointError,
     Unauthorized,
 )
-from pausepoint.persistence.jsonvalues import json_problem
+from pausepoint.persistence.jsonvalues import MAX_SEQ, json_problem
 from pausepoint.persistence.jsonvalues import parse_json as parse_json_text
 from pausepoint.persistence.records import PENDING, RUN_STATUSES
 from pausepoint.tasks.runtime import Runtime
@@ -102,7 +102,9 @@ class Rollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to_seq: int = Field(ge=0, strict=True, description="The checkpoint to continue from.")
+    to_seq: int = Field(
+        ge=0, le=MAX_SEQ, strict=True, description="The checkpoint to continue from."
+    )
     reason: str = Field("", max_length=REASON_MAX, description="Why; kept in the audit trail.")
 
 
@@ -111,7 +113,9 @@ class Fork(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    at_seq: int | None = Field(None, ge=0, strict=True, description="Default: the latest.")
+    at_seq: int | None = Field(
+        None, ge=0, le=MAX_SEQ, strict=True, description="Default: the latest."
+    )
     reason: str = Field("", max_length=REASON_MAX, description="Why; kept in the audit trail.")
 
 
@@ -269,7 +273,9 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         return timeline(rt.store, run_id)
 
     @api.get("/runs/{run_id}/checkpoints/{seq}", tags=["auditors"])
-    def checkpoint(run_id: str, seq: Annotated[int, Path(ge=0)], caller: Caller) -> dict[str, Any]:
+    def checkpoint(
+        run_id: str, seq: Annotated[int, Path(ge=0, le=MAX_SEQ)], caller: Caller
+    ) -> dict[str, Any]:
         """Checkpoint `seq` as it was: state, conversation, and what changed since the last."""
         return checkpoint_view(rt.store, run_id, seq)
 

@@ -14,6 +14,7 @@ from pausepoint.persistence.errors import (
     Gone,
     InvalidInput,
 )
+from pausepoint.persistence.jsonvalues import check_seq
 from pausepoint.persistence.records import (
     CANCELLED_WAIT,
     FULFILLED,
@@ -60,6 +61,7 @@ class LineageRoom(StoreCore):
         on the wait it was parked on then (``token_hash(run_id, seq, source)`` gives a
         reopened callback wait its new token). A running run cannot be rolled back.
         """
+        check_seq(to_seq, "to_seq")
         with self.write() as conn:
             run = queries.get_run(conn, run_id, for_update=True)
             self._check_rewindable(run)
@@ -141,6 +143,7 @@ class LineageRoom(StoreCore):
         forked at. From there the two runs are independent. The parent is not changed:
         it may even be running.
         """
+        check_seq(at_seq, "at_seq")
         with self.write() as conn:
             parent = queries.get_run(conn, run_id)
             self._check_rewindable(parent)

@@ -13,6 +13,7 @@ from pausepoint.persistence.errors import (
     Gone,
     NotFound,
 )
+from pausepoint.persistence.jsonvalues import check_seq
 from pausepoint.persistence.records import (
     Checkpoint,
     Event,
@@ -40,6 +41,7 @@ class ReadsRoom(StoreCore):
             return queries.list_runs(conn, **filters)
 
     def checkpoint(self, run_id: str, seq: int | None = None) -> Checkpoint:
+        check_seq(seq)
         with self.read() as conn:
             run = readable(queries.get_run(conn, run_id))
             if seq is None:

@@ -292,3 +292,25 @@ def test_a_producer_cannot_choose_who_approves_its_loan(store: Store) -> None:
         rt.run_step(*published.pop(0), owner="t")
     assert store.waits(run_id=chosen.id)[0].approver_group == "underwriters"
     assert store.waits(run_id=set_by_agent.id)[0].approver_group == "interns"
+
+
+def test_checkpoint_numbers_beyond_the_column_are_refused(env: Env, store: Store) -> None:
+    run_id = env.completed_loan()
+    big = 2**31
+    env.refused(lambda: env.post(f"/runs/{run_id}/rollback", {"to_seq": big}), 422)
+    env.refused(lambda: env.post(f"/runs/{run_id}/fork", {"at_seq": 2**63}), 422)
+    r = env.get(f"/runs/{run_id}/checkpoints/{big}")
+    assert r.status_code == 422, r.text
+    # The store says so itself, on both backends (the CLI and Python go through it).
+    store.save_agent("a", persona="p")
+    from pausepoint.tasks.workflow import registry
+
+    rt = Runtime(store, llm=ScriptedBackend(), publish=lambda r, v: None, workflows=registry)
+    run = rt.start("noop", agent="a", task="t")
+    for call in (
+        lambda: store.checkpoint(run.id, big),
+        lambda: rt.rollback(run.id, big, actor="t"),
+        lambda: rt.fork(run.id, -1, actor="t"),
+    ):
+        with pytest.raises(InvalidInput, match="whole number from 0 to 2147483647"):
+            call()
