@@ -70,12 +70,17 @@ def esc(value: Any) -> str:
 
 
 def page(
-    title: str, body: str, principal: Principal | None = None, refresh: int = 0
+    title: str,
+    body: str,
+    principal: Principal | None = None,
+    refresh: int = 0,
+    csrf: str = "",
 ) -> HTMLResponse:
     who = ""
     if principal is not None:
         who = (
             f'<form method="post" action="/ui/logout" style="margin:0">{esc(principal.name)} '
+            f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
             f'<button type="submit">Log out</button></form>'
         )
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
@@ -228,7 +233,15 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         return response
 
     @api.post("/ui/logout", include_in_schema=False)
-    def logout() -> Response:
+    async def logout(request: Request) -> Response:
+        # Only the page's own form logs out (its CSRF token): another site cannot.
+        try:
+            _, cookie = session(request)
+            keyring.check_csrf(cookie, (await form(request)).get("csrf", ""))
+        except Unauthorized:
+            pass  # no session to end: just clear the cookie
+        except Forbidden as exc:
+            return RedirectResponse(noted("/ui", "flash", str(exc)), status_code=303)
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE, path="/ui")
         return response
@@ -250,7 +263,8 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
         note = f'<p class="flash" role="status">{esc(shown)}</p>' if shown else ""
         empty = '<p class="card muted">Nothing is waiting for you.</p>'
         title = f"Waiting for you ({len(cards)})"
-        return page("Approvals", f"<h1>{title}</h1>{note}{''.join(cards) or empty}", principal)
+        body = f"<h1>{title}</h1>{note}{''.join(cards) or empty}"
+        return page("Approvals", body, principal, csrf=keyring.csrf_token(cookie))
 
     def _card(run: RunRecord, wait: WaitRecord, csrf: str) -> str:
         history = store.history(run.id, stop=run.history_len)
@@ -316,13 +330,14 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
     @api.get("/ui/runs/{run_id}", include_in_schema=False)
     def run_page(run_id: str, request: Request) -> Response:
         try:
-            principal, _ = session(request)
+            principal, cookie = session(request)
         except Unauthorized:
             return RedirectResponse("/ui/login", status_code=303)
+        csrf = keyring.csrf_token(cookie)
         try:
             run = store.get_run(run_id)
         except PausepointError as exc:
-            return page("Not found", f'<p class="card">{esc(exc)}</p>', principal)
+            return page("Not found", f'<p class="card">{esc(exc)}</p>', principal, csrf=csrf)
         history = store.history(run.id, stop=run.history_len)
         events = store.events(run.id)
         turns = timeline_html(history, events)
@@ -342,4 +357,5 @@ def mount_ui(api: FastAPI, rt: Runtime, keyring: Keyring) -> None:
 <div class="card"><h2>Conversation</h2>{turns or '<p class="muted">empty</p>'}</div>
 <div class="card"><h2>Audit trail</h2><table><tr><th>#</th><th>at</th><th>event</th><th>by</th></tr>{rows}</table></div>
 <p><a href="/ui">Back to the approvals</a></p>"""
-        return page("Run", body, principal, refresh=0 if run.status in FINISHED else 2)
+        refresh = 0 if run.status in FINISHED else 2
+        return page("Run", body, principal, refresh=refresh, csrf=csrf)

@@ -314,3 +314,16 @@ def test_checkpoint_numbers_beyond_the_column_are_refused(env: Env, store: Store
     ):
         with pytest.raises(InvalidInput, match="whole number from 0 to 2147483647"):
             call()
+
+
+def test_only_the_pages_own_form_logs_out(env: Env) -> None:
+    assert env.http.post("/ui/login", data={"key": ROOT}).status_code == 303
+    inbox = env.http.get("/ui").text
+    csrf = inbox.split('action="/ui/logout"', 1)[1].split('name="csrf" value="', 1)[1]
+    csrf = csrf.split('"', 1)[0]
+    forged = env.http.post("/ui/logout", data={})  # another site's form: no token
+    assert forged.status_code == 303 and forged.headers["location"].startswith("/ui?flash=")
+    assert env.http.get("/ui").status_code == 200  # still logged in
+    out = env.http.post("/ui/logout", data={"csrf": csrf})
+    assert out.headers["location"] == "/ui/login"
+    assert env.http.get("/ui").headers.get("location") == "/ui/login"
