@@ -582,11 +582,21 @@ def test_a_global_tool_is_offered_when_the_agent_names_it(store: Store) -> None:
     saved = loop_module.global_tools
     loop_module.global_tools = own
     try:
+
+        @tool(agent="helper", into=own)
+        def forecast(city: str) -> str:
+            """Tomorrow's weather: offered to the agent "helper" without its naming it."""
+            return "rain"
+
+        agents_own = [t.name for t in own.of_agent("helper")]
+        assert agents_own == ["forecast"] and own.of_agent("someone-else") == []
         h = Harness(store, play([("weather", {"city": "Oslo"})], "Sunny."), "react")
         store.save_agent("helper", persona="You help.", model={"tools": ["weather"]})
         run_id = h.start()
         h.drain()
         assert h.store.get_run(run_id).status == COMPLETED and calls == ["Oslo"]
+        offered = {t["function"]["name"] for t in h.llm.offered[0]}
+        assert offered == {"weather", "forecast"}  # named by the agent, and its own
         store.save_agent("helper", model={"tools": ["weather", "teleport"]})
         bad = h.start()
         h.drain()
