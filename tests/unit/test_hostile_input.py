@@ -34,6 +34,7 @@ from pausepoint.tasks.workflow import End, Outcome, Registry, Workflow
 from pausepoint.worker.web import COOKIE
 from tests.unit.test_api_audit import ROOT, Env, auth
 from tests.unit.test_api_audit import env as env
+from tests.unit.test_runtime import runtime_for
 
 NUL = "a\x00b"
 SURROGATE = "a\ud800b"
@@ -168,13 +169,7 @@ def test_a_step_that_says_what_no_store_keeps_fails_its_run_saying_so(store: Sto
         return End({"ok": True})
 
     store.save_agent("a", persona="p")
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store,
-        llm=ScriptedBackend(),
-        publish=lambda r, v: published.append((r, v)),
-        workflows=registry,
-    )
+    rt, published = runtime_for(store, registry)
     run = rt.start("nul_step", agent="a", task="t")
     rt.run_step(*published.pop(0), owner="t")
     failed = store.get_run(run.id)
@@ -209,13 +204,7 @@ def test_a_failed_run_keeps_its_traceback_out_of_the_trail(
         raise RuntimeError("the CRM said no")
 
     store.save_agent("a", persona="p")
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store,
-        llm=ScriptedBackend(),
-        publish=lambda r, v: published.append((r, v)),
-        workflows=registry,
-    )
+    rt, published = runtime_for(store, registry)
     run = rt.start("crashes", agent="a", task="t")
     with caplog.at_level("ERROR"):
         rt.run_step(*published.pop(0), owner="t")
@@ -276,13 +265,7 @@ def test_a_producer_cannot_choose_who_approves_its_loan(store: Store) -> None:
     from pausepoint.tasks import examples  # noqa: F401  (registers loan)
     from pausepoint.tasks.workflow import registry
 
-    published: list[tuple[str, int]] = []
-    rt = Runtime(
-        store,
-        llm=ScriptedBackend(),
-        publish=lambda r, v: published.append((r, v)),
-        workflows=registry,
-    )
+    rt, published = runtime_for(store, registry)
     store.save_agent("loans", persona="p")
     store.save_agent("intern_loans", persona="p", model={"approver_group": "interns"})
     task = "Loan application: amount 20000, income 90000, debt 3000"
