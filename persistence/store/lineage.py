@@ -61,7 +61,7 @@ class LineageRoom(StoreCore):
         on the wait it was parked on then (``token_hash(run_id, seq, source)`` gives a
         reopened callback wait its new token). A running run cannot be rolled back.
         """
-        check_seq(to_seq, "to_seq")
+        check_seq(to_seq, f"the checkpoint run {run_id} can roll back to")
         with self.write() as conn:
             run = queries.get_run(conn, run_id, for_update=True)
             self._check_rewindable(run)
@@ -143,7 +143,7 @@ class LineageRoom(StoreCore):
         forked at. From there the two runs are independent. The parent is not changed:
         it may even be running.
         """
-        check_seq(at_seq, "at_seq")
+        check_seq(at_seq, f"the checkpoint run {run_id} can fork at")
         with self.write() as conn:
             parent = queries.get_run(conn, run_id)
             self._check_rewindable(parent)
