@@ -34,8 +34,9 @@ from datetime import timedelta
 from typing import Any
 
 from pausepoint.persistence.records import APPROVAL, CALLBACK, EVENT
-from pausepoint.tasks.budgets import Budget, new_usage
+from pausepoint.tasks.budgets import Budget, new_usage, tool_names
 from pausepoint.tasks.context import StepContext
+from pausepoint.tasks.llm import Completion
 from pausepoint.tasks.tools import Tool, ToolArgumentsError, ToolContext, ToolRegistry, ToolWait
 from pausepoint.tasks.tools import registry as global_tools
 from pausepoint.tasks.workflow import End, Next, Outcome, Wait
@@ -67,19 +68,11 @@ class AgentLoop:
     def offered(self, ctx: StepContext) -> dict[str, Tool]:
         """The tools this run's model may call: the workflow's, the agent's own, and
         the global ones its ``model["tools"]`` names."""
-        names = ctx.agent.model.get("tools") or []
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            from pausepoint.persistence.errors import ConfigurationError
-
-            raise ConfigurationError("model['tools'] must be a list of tool names")
         found: dict[str, Tool] = {}
-        for t in (*global_tools.named(names), *global_tools.of_agent(ctx.agent.name)):
+        named = global_tools.named(tool_names(ctx.agent.model))
+        own = self.tools.all() if self.tools is not None else []
+        for t in (*named, *global_tools.of_agent(ctx.agent.name), *own):
             found[t.name] = t
-        if self.tools is not None:
-            for name in self.tools.names():
-                own = self.tools.get(name)
-                if own is not None:
-                    found[name] = own
         return found
 
     # ------------------------------------------------------------------ state
@@ -113,9 +106,7 @@ class AgentLoop:
         if stop is not None:
             return stop
         tools = self.offered(ctx)
-        before = len(ctx.model_calls)
-        reply = ctx.next_turn(tools=[t.schema() for t in tools.values()] or None, prompt=prompt)
-        self.count(ctx, loop, before)
+        reply = self.turn(ctx, tools=[t.schema() for t in tools.values()] or None, prompt=prompt)
         if not reply.tool_calls:
             loop["calls"] = []
             return Final(reply.text)
@@ -137,10 +128,17 @@ class AgentLoop:
         loop["reason"] = reply.text
         return Next(self.act_step)
 
-    @staticmethod
-    def count(ctx: StepContext, loop: dict[str, Any], before: int = 0) -> None:
-        """Add this step's model calls since ``before`` to the loop's usage."""
-        usage = loop["usage"]
+    def turn(
+        self,
+        ctx: StepContext,
+        *,
+        prompt: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Completion:
+        """The model's next turn (``ctx.next_turn``), its calls added to the loop's usage."""
+        before = len(ctx.model_calls)
+        reply = ctx.next_turn(tools=tools, prompt=prompt)
+        usage = self.state(ctx)["usage"]
         for call in ctx.model_calls[before:]:
             if call.get("purpose") == "refused":
                 continue
@@ -148,6 +146,7 @@ class AgentLoop:
                 usage["iterations"] += 1
             read = call.get("usage_in") or call.get("prompt_tokens") or 0
             usage["tokens"] += int(read) + int(call.get("tokens_out") or 0)
+        return reply
 
     def gate(
         self, ctx: StepContext, loop: dict[str, Any], about_to: str, step: str

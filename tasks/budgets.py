@@ -100,8 +100,14 @@ def check_loop_settings(model: Mapping[str, Any]) -> None:
     """Refuse bad loop settings when an agent is saved, not in the middle of a run:
     ``budget`` (see :class:`Budget`) and ``tools`` (a list of tool names)."""
     Budget.from_model(model)
+    tool_names(model)
+
+
+def tool_names(model: Mapping[str, Any]) -> list[str]:
+    """The global tools an agent's ``model["tools"]`` names (none when unset)."""
     names = model.get("tools")
-    if names is not None and (
-        not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
-    ):
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise ConfigurationError("model['tools'] must be a list of tool names")
+    return names

@@ -134,12 +134,6 @@ class StepContext:
         data = {k: v for k, v in fields.items() if v is not None} or None
         self.new_messages.append(NewMessage(role, content or "", data))
 
-    def add_message(self, message: Mapping[str, Any]) -> None:
-        """Append one OpenAI-format message (``{"role": ..., "content": ..., ...}``)."""
-        fields = {k: v for k, v in message.items() if k not in ("role", "content")}
-        content = message.get("content")
-        self.say(str(message.get("role")), content if isinstance(content, str) else "", **fields)
-
     def conversation(self, window: int | None = None) -> list[Message]:
         """The conversation so far, including what this step has said."""
         stored = self.history.all() if window is None else self.history.tail(window)

@@ -106,9 +106,7 @@ def add_plan_and_execute(
         stop = loop.gate(ctx, state, "iterations", plan)
         if stop is not None:
             return stop
-        before = len(ctx.model_calls)
-        reply = ctx.next_turn(prompt=PLAN_PROMPT.format(task=_task(ctx)))
-        loop.count(ctx, state, before)
+        reply = loop.turn(ctx, prompt=PLAN_PROMPT.format(task=_task(ctx)))
         items = plan_items(reply.text) or [_task(ctx)]
         ctx.state[PLAN_KEY] = {
             "items": [{"text": i, "status": "todo"} for i in items],
@@ -151,13 +149,12 @@ def add_plan_and_execute(
         if stop is not None:
             return stop
         failed = p["items"][p["current"]]
-        before = len(ctx.model_calls)
-        reply = ctx.next_turn(
+        reply = loop.turn(
+            ctx,
             prompt=REPLAN_PROMPT.format(
                 n=p["current"] + 1, why=failed.get("result", ""), task=_task(ctx)
-            )
+            ),
         )
-        loop.count(ctx, state, before)
         items = plan_items(reply.text)
         if not items:
             return End(error=f"the re-plan after step {p['current'] + 1} failed is empty")
@@ -168,10 +165,7 @@ def add_plan_and_execute(
         return Next(work)
 
     def finish_step(ctx: StepContext) -> Outcome:
-        state = loop.state(ctx)
-        before = len(ctx.model_calls)
-        reply = ctx.next_turn(prompt=FINISH_PROMPT)
-        loop.count(ctx, state, before)
+        reply = loop.turn(ctx, prompt=FINISH_PROMPT)
         result: dict[str, Any] = loop.result(ctx, reply.text)
         result["plan"] = [
             {"step": i["text"], "status": i["status"], "result": i.get("result")}

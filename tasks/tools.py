@@ -309,6 +309,10 @@ class ToolRegistry:
         """In the order registered."""
         return list(self._tools)
 
+    def all(self) -> list[Tool]:
+        """Every tool, in the order registered."""
+        return list(self._tools.values())
+
     def of_agent(self, agent: str) -> list[Tool]:
         return [self._tools[n] for n in self._agents.get(agent, {})]
 
