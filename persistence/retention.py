@@ -27,6 +27,7 @@ each run it changes gets an event in its own trail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,6 +54,7 @@ from sqlalchemy import (
 from pausepoint.persistence import queries
 from pausepoint.persistence.audit import canonical, event_record
 from pausepoint.persistence.errors import InvalidInput, StaleVersion
+from pausepoint.persistence.ledger import ARCHIVED, PURGED_ENTRY, entry_row
 from pausepoint.persistence.records import FINISHED, NewEvent, RunRecord
 from pausepoint.persistence.store import Store
 from pausepoint.persistence.tables import (
@@ -60,6 +62,7 @@ from pausepoint.persistence.tables import (
     cleanups,
     deliveries,
     events,
+    ledger,
     messages,
     runs,
     summaries,
@@ -346,6 +349,16 @@ class _Collector:
             events=[NewEvent(kind, data)],
         )
 
+    def _ledger(self, conn: Connection, run_id: str, kind: str, **data: Any) -> None:
+        """The store-wide ledger's entry for what this pass did to a run's state or trail."""
+        row = conn.execute(
+            select(runs.c.event_count, runs.c.event_hash).where(runs.c.id == run_id)
+        ).one()
+        data = {"count": int(row.event_count), "head": str(row.event_hash), **data}
+        conn.execute(
+            insert(ledger).values(**entry_row(self.store.audit_keys, kind, run_id, data, self.now))
+        )
+
     def _still_eligible(self, conn: Connection, run_id: str) -> RunRecord | None:
         run = queries.find_run(conn, run_id)
         if (
@@ -462,6 +475,7 @@ class _Collector:
                         },
                         changes={"purged_at": self.now, "purge_state": PENDING_PURGE},
                     )
+                    self._ledger(conn, run.id, PURGED_ENTRY)
                     marked.append(run.id)
                     for name, n in counts.items():
                         self.report.rows_purged[name] += n
@@ -566,8 +580,18 @@ class _Collector:
         }
         lines = [canonical({"run": header}) + "\n"]
         lines += [canonical(event_record(e)) + "\n" for e in trail]
-        _write_atomically(path, "".join(lines))
+        content = "".join(lines)
+        _write_atomically(path, content)
         with self.store.write() as conn:
+            # The ledger says where the trail went: the one reason a trail may be deleted
+            # (the trail's delete trigger asks for this entry).
+            self._ledger(
+                conn,
+                run_id,
+                ARCHIVED,
+                file=str(path.relative_to(self.retention.archive_dir)),
+                sha256=hashlib.sha256(content.encode()).hexdigest(),
+            )
             conn.execute(delete(events).where(events.c.run_id == run_id))
             gone = conn.execute(
                 delete(runs).where(

@@ -447,6 +447,51 @@ memory_erasures = Table(
 # are read only by rare operations (an erasure, a rollback), and every index costs every
 # store a page before its first row (the Postgres size benchmark counts them).
 
+# The store-wide ledger (persistence/ledger.py): one entry when a run is created, ends,
+# loses its state to retention or has its trail archived, written in the transaction
+# that does it, each with its own MAC (under the audit key). The sweeper seals entries
+# into one chain (``n``, in the order it finds them), whose head is ``ledger_head``; an
+# anchor (``pausepoint audit anchor``) copies that head outside the database. No foreign
+# key: an entry outlives its run. Append-only: triggers (migration 0008) refuse any
+# DELETE, and any UPDATE but the seal.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    # created | ended | purged | archived
+    Column("kind", String(20), nullable=False),
+    Column("run_id", String(32), nullable=False),
+    Column("data", Json, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    # 16 bytes of HMAC-SHA256 (SHA-256 without a key) over the entry.
+    Column("mac", LargeBinary, nullable=False),
+    # Its place in the sealed chain and the chain's link there (16 bytes of the MAC
+    # over the previous link, n and this entry's MAC); NULL until the sweeper seals it.
+    Column("n", BigInteger, nullable=True),
+    Column("link", LargeBinary, nullable=True),
+)
+# What the sealer reads (entries not yet sealed: a handful, so a partial index), and a
+# run's entries (verifying one run; the trail's delete trigger: was it archived?).
+Index(
+    "ix_ledger_unsealed",
+    ledger.c.id,
+    sqlite_where=ledger.c.n.is_(None),
+    postgresql_where=ledger.c.n.is_(None),
+)
+Index("ix_ledger_run_id", ledger.c.run_id)
+
+# The sealed ledger's head: how many entries are chained, and the last chain hash.
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("hash", HexDigest, nullable=False),
+    Column("sealed_at", Timestamp, nullable=True),
+)
+
 # The full-text objects each dialect adds to ``memories`` in migration 0006, which this
 # metadata does not describe (so the model/migration comparison leaves them out).
 SEARCH_OBJECTS = frozenset(
@@ -483,4 +528,6 @@ ALL_TABLES = (
     memories,
     summaries,
     memory_erasures,
+    ledger,
+    ledger_head,
 )

@@ -18,7 +18,9 @@ from pausepoint.tasks.runtime import Runtime
 RUN_STEP = "pausepoint.run_step"
 SWEEP = "pausepoint.sweep"
 GC = "pausepoint.gc"
+ANCHOR = "pausepoint.anchor"
 FACTORY_KEY = "pausepoint_runtime_factory"
+ANCHORS_KEY = "pausepoint_anchors"
 
 # One runtime per (process, app): prefork children build their own after the fork,
 # so no database connection crosses a fork. Keyed by id(app), with a weak reference
@@ -84,3 +86,16 @@ def gc(self: Task) -> dict[str, object]:
         "runs_deleted": report.runs_deleted,
         "deliveries_removed": report.deliveries_removed,
     }
+
+
+@shared_task(name=ANCHOR, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def anchor(self: Task) -> dict[str, object]:
+    """Seal the ledger and append an anchor to the anchor file (beat, every
+    PAUSEPOINT_AUDIT_ANCHOR_INTERVAL seconds)."""
+    from pathlib import Path
+
+    from pausepoint.persistence.anchors import write_anchor
+
+    path = Path(self.app.conf.get(ANCHORS_KEY) or "pausepoint-archive/anchors.jsonl")
+    written = write_anchor(runtime_for(self.app).store, path)
+    return {"ledger": written.ledger_n, "runs": len(written.runs), "file": str(path)}

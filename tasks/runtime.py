@@ -264,6 +264,8 @@ class Runtime:
         )
         for run_id, version in report.republished:
             self._send(run_id, version)
+        # Chain the ledger entries the transitions since the last pass wrote.
+        self.store.seal_ledger()
         if report.republished or report.failed or report.skipped:
             log.log(
                 logging.WARNING if report.skipped else logging.INFO,

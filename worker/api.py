@@ -258,14 +258,10 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
 
     @api.get("/runs/{run_id}/audit", tags=["auditors"])
     def audit(run_id: str, caller: Caller) -> dict[str, Any]:
-        """Check the run's audit trail against its hash chain: `ok`, or the first bad event."""
-        finding = rt.store.verify(run_id)
-        return {
-            "run_id": run_id,
-            "ok": finding is None,
-            "events": len(rt.store.events(run_id)),
-            "first_bad": None if finding is None else {"n": finding.n, "problem": finding.problem},
-        }
+        """Verify the run in one snapshot: its keyed hash chain, the checkpoints, messages,
+        decisions and result its events bind, and the ledger's record of it. `ok`, the first
+        bad event and every finding, and how far it proves (`keyed`/`unkeyed` events)."""
+        return rt.store.audit(run_id).as_json()
 
     @api.get("/runs/{run_id}/checkpoints", tags=["auditors"])
     def checkpoints(run_id: str, caller: Caller) -> list[dict[str, Any]]:

@@ -45,11 +45,24 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "pausepoint-sweep": {"task": jobs.SWEEP, "schedule": settings.sweep_interval},
             "pausepoint-gc": {"task": jobs.GC, "schedule": settings.retention_interval},
+            **(
+                {
+                    "pausepoint-anchor": {
+                        "task": jobs.ANCHOR,
+                        "schedule": settings.audit_anchor_interval,
+                    }
+                }
+                if settings.audit_anchor_interval > 0
+                else {}
+            ),
         },
         # Beat keeps its schedule in memory: the sweep needs no state across restarts.
         beat_scheduler="celery.beat:Scheduler",
         worker_hijack_root_logger=False,
-        **{jobs.FACTORY_KEY: partial(build_runtime, settings)},
+        **{
+            jobs.FACTORY_KEY: partial(build_runtime, settings),
+            jobs.ANCHORS_KEY: str(settings.anchors_path()),
+        },
     )
     # tasks.jobs is imported above, so its shared tasks bind to this app when it finalizes.
     return app
@@ -105,7 +118,9 @@ def _tune_sqla_transport(poll_interval: float) -> None:
 
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
     """The runtime of one process: its own engine, LLM client and publisher."""
-    store = Store.from_url(settings.store_url, lease_seconds=settings.lease_seconds)
+    store = Store.from_url(
+        settings.store_url, lease_seconds=settings.lease_seconds, audit_keys=settings.audit_keys()
+    )
     llm = build_backend(
         settings.llm,
         base_url=settings.llm_base_url,

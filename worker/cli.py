@@ -6,11 +6,8 @@ import functools
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
-from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -37,10 +34,6 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
-audit_cli = typer.Typer(
-    help="Audit trails: check their hash chains, export them.", no_args_is_help=True
-)
-cli.add_typer(audit_cli, name="audit")
 
 console = Console()
 # Below this many columns, `runs` shows short run ids (commands take unique prefixes).
@@ -81,7 +74,8 @@ def settings() -> Settings:
 
 
 def open_store() -> Store:
-    return Store.from_url(settings().store_url)
+    s = settings()
+    return Store.from_url(s.store_url, audit_keys=s.audit_keys())
 
 
 def parse_json_object(text: str | None, what: str) -> dict[str, Any] | None:
@@ -572,156 +566,6 @@ def gc(
     console.print(gc_table(report, rt.retention.describe()))
 
 
-# -------------------------------------------------------------------- audit
-
-
-class ExportFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-
-
-@audit_cli.command("verify")
-@friendly
-def audit_verify(
-    run_id: Annotated[
-        str | None, typer.Argument(help="The run to check (default: every run).")
-    ] = None,
-    archive: Annotated[
-        Path | None,
-        typer.Option(
-            "--archive",
-            help="Check an archive file written by retention (or every *.jsonl under a "
-            "directory) instead of the store.",
-            metavar="FILE",
-        ),
-    ] = None,
-) -> None:
-    """Check audit trails against their hash chains; exit 1 when any was tampered with."""
-    if archive is not None:
-        if run_id is not None:
-            raise InvalidInput("give a run or --archive, not both")
-        _report_findings(_verify_archives(archive), "archive file")
-        return
-    store = open_store()
-    if run_id is not None:
-        run_id = store.resolve_run_id(run_id)
-        finding = store.verify(run_id)
-        count = store.get_run(run_id).event_count
-        if finding is None:
-            console.print(f"ok: run {run_id} verified ({count} events)", highlight=False)
-            return
-        _print_finding(str(finding))
-        raise typer.Exit(1)
-    _report_findings(_verify_store(store), "run")
-
-
-def _verify_store(store: Store) -> list[tuple[str, str | None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    results: list[tuple[str, str | None]] = []
-    with Progress(
-        TextColumn("verifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("verify", total=store.count_runs())
-        for run_id, finding in store.verify_all():
-            results.append((run_id, None if finding is None else str(finding)))
-            bar.advance(task)
-    return results
-
-
-def _verify_archives(path: Path) -> list[tuple[str, str | None]]:
-    from pausepoint.persistence.audit import ExportedEvent, verify_chain
-    from pausepoint.persistence.retention import read_archive
-
-    if path.is_dir():
-        files = sorted(path.rglob("*.jsonl"))
-        if not files:
-            raise InvalidInput(f"no archive files (*.jsonl) under {path}")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InvalidInput(f"no such archive file: {path}")
-    results: list[tuple[str, str | None]] = []
-    for file in files:
-        try:
-            header, records = read_archive(file)
-            run_id = str(header["run_id"])
-            count, head = int(header["event_count"]), str(header["event_hash"])
-            events = [ExportedEvent.from_record(r) for r in records]
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{file} is not a text file") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(
-                f"{file} is not JSON lines ({exc.msg} on line {exc.lineno})"
-            ) from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(
-                f"{file} is not a Pausepoint archive (a run header line, then events): "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        finding = verify_chain(run_id, events, count, head)
-        results.append((str(file), None if finding is None else f"{file}: {finding}"))
-    return results
-
-
-def _print_finding(text: str) -> None:
-    console.print(Text.assemble(("FAILED ", "bold red"), text), soft_wrap=True, highlight=False)
-
-
-def _report_findings(results: list[tuple[str, str | None]], what: str) -> None:
-    bad = [finding for _, finding in results if finding is not None]
-    for finding in bad:
-        _print_finding(finding)
-    good = len(results) - len(bad)
-    summary = f"ok: {good} {what}{'' if good == 1 else 's'} verified"
-    if bad:
-        summary += f"; {len(bad)} failed"
-    console.print(summary, highlight=False)
-    if bad:
-        raise typer.Exit(1)
-
-
-@audit_cli.command("export")
-@friendly
-def audit_export(
-    run_id: Annotated[str, typer.Argument(help="The run whose trail to export.")],
-    fmt: Annotated[
-        ExportFormat, typer.Option("--format", help="jsonl (one event a line) or csv.")
-    ] = ExportFormat.jsonl,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
-    ] = None,
-) -> None:
-    """Write a run's audit trail for auditors: every event with its hashes, so anyone can
-    recompute the chain."""
-    from pausepoint.persistence.audit import to_csv, to_jsonl
-
-    store = open_store()
-    run_id = store.resolve_run_id(run_id)
-    events = store.events(run_id)
-    chunks = to_jsonl(events) if fmt is ExportFormat.jsonl else to_csv(events)
-    if output is None:
-        try:
-            for chunk in chunks:
-                sys.stdout.write(chunk)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # `| head`: the reader has what it wanted. Keep Python's exit flush quiet.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
-    try:
-        with output.open("w", encoding="utf-8", newline="") as f:
-            for chunk in chunks:
-                f.write(chunk)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
-    console.print(Text(f"wrote {len(events)} events of run {run_id} to {output} ({fmt.value})"))
-
-
 # -------------------------------------------------------------------- waits
 
 
@@ -903,8 +747,10 @@ def demo(
 
 
 # Command groups in their own modules (they use the helpers above).
+from pausepoint.worker.cli_audit import audit_cli  # noqa: E402
 from pausepoint.worker.cli_memory import memory_cli  # noqa: E402
 
+cli.add_typer(audit_cli, name="audit")
 cli.add_typer(memory_cli, name="memory")
 
 

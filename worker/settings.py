@@ -6,11 +6,13 @@ Each field is set from the environment as ``PAUSEPOINT_<NAME>`` (or a ``.env`` f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pausepoint.persistence.audit_keys import ENV_KEY, ENV_KEY_FILE, AuditKeys
 from pausepoint.persistence.retention import Retention, RetentionPolicy
 from pausepoint.persistence.urls import mask_url
 
@@ -135,6 +137,23 @@ class Settings(BaseSettings):
     retention_interval: float = Field(
         86400.0, gt=0, description="Seconds between retention passes run by beat."
     )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="Key(s) of the audit trail, comma-separated: the first signs, all verify "
+        "(rotation). Kept outside the store; unset: plain SHA-256, which proves nothing "
+        "against whoever can write the store. `pausepoint audit keygen` makes one.",
+    )
+    audit_key_file: str | None = Field(
+        None, description="A file with the audit key(s), one a line (the first signs)."
+    )
+    audit_anchors: str | None = Field(
+        None,
+        description="Anchor file beat appends the ledger's head to (default: "
+        "<archive_dir>/anchors.jsonl); keep it where the database's writers cannot write.",
+    )
+    audit_anchor_interval: float = Field(
+        3600.0, ge=0, description="Seconds between anchors written by beat (0: none)."
+    )
     api_host: str = Field("127.0.0.1", description="Where `pausepoint api` listens.")
     api_port: int = Field(8000, description="Port of `pausepoint api`.")
 
@@ -196,6 +215,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PAUSEPOINT_SECRET_KEY must be hex (e.g. `openssl rand -hex 32`)"
             ) from None
+
+    def audit_keys(self) -> AuditKeys:
+        """The audit keys these settings name (none: an unkeyed trail)."""
+        env: dict[str, str] = {}
+        if self.audit_key is not None:
+            env[ENV_KEY] = self.audit_key.get_secret_value()
+        if self.audit_key_file:
+            env[ENV_KEY_FILE] = self.audit_key_file
+        return AuditKeys.from_env(env)
+
+    def anchors_path(self) -> Path:
+        return Path(self.audit_anchors or Path(self.archive_dir) / "anchors.jsonl")
 
     @field_validator("workflows", mode="before")
     @classmethod

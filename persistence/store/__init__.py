@@ -18,6 +18,7 @@ all of them on one engine:
 ``sessions``     the seed API's plain-Python ``Agent`` sessions
 ``secret``       the store's secret for callback tokens
 ``reads``        reads of runs, checkpoints, conversations, trails, waits
+``trail``        verifying trails (a run, the store) and sealing the ledger
 ``dialect``      the seam; ``sqlite`` and ``postgres`` are its two sides
 ===============  ==========================================================
 
@@ -40,6 +41,7 @@ from pausepoint.persistence.store.secret import SecretRoom
 from pausepoint.persistence.store.sessions import SessionsRoom
 from pausepoint.persistence.store.steps import StepsRoom
 from pausepoint.persistence.store.sweeper import SweeperRoom
+from pausepoint.persistence.store.trail import TrailRoom
 from pausepoint.persistence.store.waits import TokenHasher
 
 __all__ = [
@@ -64,6 +66,7 @@ class Store(
     SweeperRoom,
     SecretRoom,
     ReadsRoom,
+    TrailRoom,
 ):
     """The run store on one SQLAlchemy engine (SQLite or Postgres)."""
 

@@ -21,13 +21,22 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pausepoint.persistence.audit import event_hash
+from pausepoint.persistence.audit_keys import AuditKeys
+from pausepoint.persistence.digests import (
+    checkpoint_digest,
+    messages_digest,
+    run_digest,
+    wait_digest,
+)
 from pausepoint.persistence.errors import (
     Conflict,
     InvalidInput,
     StaleVersion,
 )
 from pausepoint.persistence.jsonvalues import check_json
+from pausepoint.persistence.ledger import ENDED, entry_row
 from pausepoint.persistence.records import (
+    FINISHED,
     PENDING,
     QUEUED,
     Checkpoint,
@@ -42,6 +51,7 @@ from pausepoint.persistence.segments import append as append_segments
 from pausepoint.persistence.store.dialect import Dialect, dialect_for
 from pausepoint.persistence.tables import (
     checkpoints,
+    ledger,
     runs,
     waits,
 )
@@ -50,6 +60,8 @@ from pausepoint.persistence.tables import messages as messages_table
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("pausepoint.store")
+# conn.info: digests of the waits this transaction changed, for its transition's event.
+WAITS_CHANGED = "pausepoint_waits_changed"
 
 
 def utcnow() -> datetime:
@@ -87,11 +99,20 @@ class StoreCore:
     this; :class:`persistence.store.Store` is all of them together.
     """
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow, lease_seconds: float = 300.0):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock = utcnow,
+        lease_seconds: float = 300.0,
+        audit_keys: AuditKeys | None = None,
+    ):
         self.engine = engine
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.dialect: Dialect = dialect_for(engine)
+        # The trail's key, from the environment unless given: never from the store.
+        self.audit_keys = AuditKeys.from_env() if audit_keys is None else audit_keys
 
     def ensure_schema(self) -> None:
         from pausepoint.persistence.migrate import upgrade
@@ -110,7 +131,22 @@ class StoreCore:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
+            try:
+                yield conn
+            finally:
+                conn.info.pop(WAITS_CHANGED, None)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection whose every read sees one snapshot of the store (verification)."""
+        with self.dialect.snapshot(self.engine) as conn:
             yield conn
+
+    def _wait_changed(self, conn: Connection, wait_id: int) -> None:
+        """Digest a wait this transaction changed, for the transition's event."""
+        row = conn.execute(select(waits).where(waits.c.id == wait_id)).mappings().one()
+        noted = conn.info.setdefault(WAITS_CHANGED, [])
+        noted.append([row["seq"], row["kind"], wait_digest(self.audit_keys, row)])
 
     def _apply(
         self,
@@ -159,9 +195,79 @@ class StoreCore:
         values["history_len"] = base_len + len(messages)
         values["message_count"] = first_idx + len(messages)
         values["segments"] = append_segments(base_segments, base_len, first_idx, len(messages))
-        event_rows, count, head = chain(run.id, run.event_hash, run.event_count, events, actor, now)
+        keys = self.audit_keys
+        digests: dict[str, Any] = {}
+        if state is not None:
+            digests["checkpoint"] = [
+                seq,
+                checkpoint_digest(
+                    keys,
+                    {
+                        "seq": seq,
+                        "step": checkpoint_step,
+                        "state": state,
+                        "history_len": values["history_len"],
+                        "segments": values["segments"],
+                    },
+                ),
+            ]
+        if messages:
+            digests["messages"] = [
+                first_idx,
+                len(messages),
+                messages_digest(
+                    keys,
+                    [
+                        {
+                            "idx": first_idx + i,
+                            "role": m.role,
+                            "content": m.content,
+                            "data": m.data or None,
+                        }
+                        for i, m in enumerate(messages)
+                    ],
+                ),
+            ]
+        wait_row = (
+            None
+            if wait is None
+            else self._wait_row(run, seq, wait, wait_status, wait_outcome, actor, now)
+        )
+        changed = list(conn.info.pop(WAITS_CHANGED, [])) if conn is not None else []
+        if wait_row is not None:
+            changed.append([seq, wait.kind, wait_digest(keys, wait_row)])  # type: ignore[union-attr]
+        if changed:
+            digests["waits"] = changed
+        ends = changes.get("status") in FINISHED
+        if ends:
+            digests["run"] = run_digest(
+                keys,
+                {
+                    "status": changes["status"],
+                    "result": values.get("result", run.result),
+                    "error": values.get("error", run.error),
+                    "seq": seq,
+                },
+            )
+        events = with_digests(events, digests)
+        event_rows, count, head = chain(
+            keys, run.id, run.event_hash, run.event_count, events, actor, now
+        )
         values["event_count"] = count
         values["event_hash"] = head
+        ledger_rows = (
+            [
+                entry_row(
+                    keys,
+                    ENDED,
+                    run.id,
+                    {"status": changes["status"], "count": count, "head": head},
+                    now,
+                )
+            ]
+            if ends
+            else []
+        )
 
         if conn is None:
             if wait is not None or not self.dialect.commits_in_one_statement:
@@ -183,6 +289,7 @@ class StoreCore:
                     "segments": values["segments"],
                 },
                 event_rows=event_rows,
+                ledger_rows=ledger_rows,
                 now=now,
             )
             return replace(run, **values)
@@ -225,32 +332,10 @@ class StoreCore:
             )
         if event_rows:
             conn.execute(insert(events_table), event_rows)
-        if wait is not None:
-            conn.execute(
-                insert(waits).values(
-                    run_id=run.id,
-                    seq=seq,
-                    kind=wait.kind,
-                    status=wait_status,
-                    resume_step=wait.resume_step,
-                    approver_group=wait.approver_group,
-                    prompt=wait.prompt,
-                    deadline=wait.deadline,
-                    on_timeout=wait.on_timeout,
-                    default_outcome=ensure_json(wait.default_outcome, "a wait's default outcome"),
-                    token_hash=wait.token_hash,
-                    escalate_to=wait.escalate_to,
-                    escalate_after=wait.escalate_after,
-                    source=wait.source,
-                    event_name=wait.event_name,
-                    match_key=wait.match_key,
-                    resource=wait.resource,
-                    outcome=wait_outcome,
-                    decided_by=None if wait_status == PENDING else actor,
-                    decided_at=None if wait_status == PENDING else now,
-                    created_at=now,
-                )
-            )
+        if wait_row is not None:
+            conn.execute(insert(waits).values(**wait_row))
+        if ledger_rows:
+            conn.execute(insert(ledger), ledger_rows)
         return replace(run, **values)
 
     def _close_wait(
@@ -269,13 +354,60 @@ class StoreCore:
         )
         if result.rowcount != 1:
             raise Conflict(f"the {wait.kind} wait of run {wait.run_id} was already decided")
+        self._wait_changed(conn, wait.id)
+
+    @staticmethod
+    def _wait_row(
+        run: RunRecord,
+        seq: int,
+        wait: WaitSpec,
+        status: str,
+        outcome: Any,
+        actor: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {
+            "run_id": run.id,
+            "seq": seq,
+            "kind": wait.kind,
+            "status": status,
+            "resume_step": wait.resume_step,
+            "approver_group": wait.approver_group,
+            "prompt": wait.prompt,
+            "deadline": wait.deadline,
+            "on_timeout": wait.on_timeout,
+            "default_outcome": ensure_json(wait.default_outcome, "a wait's default outcome"),
+            "token_hash": wait.token_hash,
+            "escalate_to": wait.escalate_to,
+            "escalate_after": wait.escalate_after,
+            "source": wait.source,
+            "event_name": wait.event_name,
+            "match_key": wait.match_key,
+            "resource": wait.resource,
+            "outcome": outcome,
+            "decided_by": None if status == PENDING else actor,
+            "decided_at": None if status == PENDING else now,
+            "created_at": now,
+        }
 
 
 def resume_changes(wait: WaitRecord, now: datetime) -> dict[str, Any]:
     return {"status": QUEUED, "step": wait.resume_step, "due_at": now, "published_at": now}
 
 
+def with_digests(events: Sequence[NewEvent], digests: dict[str, Any]) -> Sequence[NewEvent]:
+    """``events`` with the transition's digests on the last one (persistence/digests.py)."""
+    if not digests:
+        return events
+    if not events:
+        # Every transition that writes state says so in the trail.
+        return [NewEvent("wrote", {"digests": digests})]
+    last = events[-1]
+    return [*events[:-1], NewEvent(last.kind, {**dict(last.data), "digests": digests})]
+
+
 def chain(
+    keys: AuditKeys,
     run_id: str,
     prev_hash: str,
     count: int,
@@ -283,13 +415,13 @@ def chain(
     actor: str,
     now: datetime,
 ) -> tuple[list[dict[str, Any]], int, str]:
-    """Rows for ``new_events``, each hashed over the one before it."""
+    """Rows for ``new_events``, each hashed (keyed) over the one before it."""
     rows = []
     head = prev_hash
     for event in new_events:
         count += 1
         data = ensure_json(dict(event.data), "event data")
-        digest = event_hash(head, run_id, count, event.kind, actor, data, now)
+        digest = event_hash(keys, head, run_id, count, event.kind, actor, data, now)
         rows.append(
             {
                 "run_id": run_id,

@@ -3,7 +3,8 @@
 The rooms of the store are written once, against SQLAlchemy Core. What differs goes
 through a :class:`Dialect`, chosen from the engine's URL by :func:`dialect_for`:
 
-- how reads are wrapped (a transaction on SQLite, autocommit on Postgres);
+- how reads are wrapped (a transaction on SQLite, autocommit on Postgres), and a read
+  of one snapshot (verification: a REPEATABLE READ transaction on Postgres);
 - whether a step's claim and its commit can each be ONE statement (Postgres:
   data-modifying CTEs; see :mod:`persistence.store.postgres`), and those statements;
 - bounding a statement's time (Postgres' ``SET LOCAL statement_timeout``);
@@ -39,6 +40,10 @@ class Dialect:
         """A connection for reads."""
         raise NotImplementedError
 
+    def snapshot(self, engine: Engine) -> AbstractContextManager[Connection]:
+        """A connection whose reads all see one snapshot (a read-only transaction)."""
+        return self.reading(engine)
+
     def bound_statement_time(self, conn: Connection, milliseconds: int) -> None:
         """Make the rest of this transaction's statements give up after ``milliseconds``."""
 
@@ -67,6 +72,7 @@ class Dialect:
         seq: int,
         checkpoint: dict[str, Any] | None,
         event_rows: Sequence[dict[str, Any]],
+        ledger_rows: Sequence[dict[str, Any]],
         now: datetime,
     ) -> bool:
         """Apply a transition as one statement; False when its CAS matched no row."""

@@ -166,6 +166,7 @@ class LineageRoom(StoreCore):
             state, summary = forked_summary(conn, target.state, child_id)
             child = insert_run(
                 conn,
+                keys=self.audit_keys,
                 run_id=child_id,
                 now=now,
                 actor=actor,

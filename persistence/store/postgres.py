@@ -42,7 +42,15 @@ from pausepoint.persistence.records import (
     WaitRecord,
 )
 from pausepoint.persistence.store.dialect import Dialect
-from pausepoint.persistence.tables import agents, checkpoints, events, memories, runs, waits
+from pausepoint.persistence.tables import (
+    agents,
+    checkpoints,
+    events,
+    ledger,
+    memories,
+    runs,
+    waits,
+)
 from pausepoint.persistence.tables import messages as messages_table
 
 Processor = Callable[[Any], Any]
@@ -113,6 +121,17 @@ class PostgresDialect(Dialect):
         # around reads would only add BEGIN and COMMIT round trips.
         with engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
+    def snapshot(self, engine: Engine) -> Iterator[Connection]:
+        # One snapshot for every statement: a run and its trail read together, even
+        # while its steps keep committing.
+        with engine.connect() as conn:
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with conn.begin():
+                yield conn
 
     def bound_statement_time(self, conn: Connection, milliseconds: int) -> None:
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(milliseconds)}")
@@ -198,6 +217,7 @@ class PostgresDialect(Dialect):
         seq: int,
         checkpoint: dict[str, Any] | None,
         event_rows: Sequence[dict[str, Any]],
+        ledger_rows: Sequence[dict[str, Any]],
         now: datetime,
     ) -> bool:
         """A transition as one statement: one round trip instead of six.
@@ -205,7 +225,8 @@ class PostgresDialect(Dialect):
             WITH u AS (UPDATE runs SET ... WHERE id = .. AND version = .. RETURNING id),
                  m AS (INSERT INTO messages SELECT u.id, x.* FROM u, unnest(arrays) x),
                  c AS (INSERT INTO checkpoints SELECT u.id, ... FROM u),
-                 e AS (INSERT INTO events SELECT u.id, x.* FROM u, unnest(arrays) x)
+                 e AS (INSERT INTO events SELECT u.id, x.* FROM u, unnest(arrays) x),
+                 l AS (INSERT INTO ledger SELECT u.id, ... FROM u)
             SELECT count(*) FROM u
 
         Every append selects FROM u, so when the CAS matches no row nothing is appended
@@ -222,6 +243,7 @@ class PostgresDialect(Dialect):
             bool(new_messages),
             checkpoint is not None,
             bool(event_rows),
+            bool(ledger_rows),
         )
         params: dict[str, Any] = {f"u_{c}": self.bind(runs.c[c], values[c]) for c in columns}
         params.update(
@@ -252,6 +274,11 @@ class PostgresDialect(Dialect):
             params["e_actor"] = [r["actor"] for r in event_rows]
             params["e_data"] = [self.bind(events.c.data, r["data"]) for r in event_rows]
             params["e_hash"] = [self.bind(events.c.hash, r["hash"]) for r in event_rows]
+        if ledger_rows:
+            (entry,) = ledger_rows  # a transition ends its run at most once
+            params["l_kind"] = entry["kind"]
+            params["l_data"] = self.bind(ledger.c.data, entry["data"])
+            params["l_mac"] = self.bind(ledger.c.mac, entry["mac"])
         with engine.connect() as auto:
             auto = auto.execution_options(isolation_level="AUTOCOMMIT")
             if int(auto.exec_driver_sql(sql, params).scalar_one()) == 1:
@@ -267,8 +294,9 @@ class PostgresDialect(Dialect):
         messages: bool,
         checkpoint: bool,
         events: bool,
+        ends: bool,
     ) -> str:
-        shape = (columns, status, owner, messages, checkpoint, events)
+        shape = (columns, status, owner, messages, checkpoint, events, ends)
         sql = self._sql.get(shape)
         if sql is not None:
             return sql
@@ -299,6 +327,11 @@ class PostgresDialect(Dialect):
                 "SELECT u.id, x.n, x.kind, x.actor, x.data, x.hash, %(now)s FROM u, "
                 "unnest(%(e_n)s::int[], %(e_kind)s::text[], %(e_actor)s::text[], "
                 "%(e_data)s::jsonb[], %(e_hash)s::bytea[]) AS x(n, kind, actor, data, hash))"
+            )
+        if ends:
+            ctes.append(
+                "l AS (INSERT INTO ledger (kind, run_id, data, created_at, mac) "
+                "SELECT %(l_kind)s, u.id, %(l_data)s::jsonb, %(now)s, %(l_mac)s FROM u)"
             )
         sql = "WITH " + ", ".join(ctes) + " SELECT count(*) FROM u"
         self._sql[shape] = sql

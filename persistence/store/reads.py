@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, select
 
 from pausepoint.persistence import queries
-from pausepoint.persistence.audit import Finding, verify_chain
 from pausepoint.persistence.errors import (
     Gone,
-    NotFound,
 )
 from pausepoint.persistence.jsonvalues import check_seq
 from pausepoint.persistence.records import (
@@ -82,32 +79,6 @@ class ReadsRoom(StoreCore):
                 start=start,
                 stop=stop,
             )
-
-    def verify(self, run_id: str) -> Finding | None:
-        """Check a run's audit trail against its hash chain; the first bad event, or None."""
-        with self.read() as conn:
-            run = queries.get_run(conn, run_id)
-            trail = queries.list_events(conn, run.id)
-        return verify_chain(run.id, trail, run.event_count, run.event_hash)
-
-    def verify_all(self, *, batch: int = 500) -> Iterator[tuple[str, Finding | None]]:
-        """Every run's verdict, run by run (for ``pausepoint audit verify``)."""
-        after = ""
-        while True:
-            with self.read() as conn:
-                ids = list(
-                    conn.execute(
-                        select(runs.c.id).where(runs.c.id > after).order_by(runs.c.id).limit(batch)
-                    ).scalars()
-                )
-            if not ids:
-                return
-            for run_id in ids:
-                try:
-                    yield run_id, self.verify(run_id)
-                except NotFound:
-                    continue  # deleted by retention meanwhile
-            after = ids[-1]
 
     def count_runs(self) -> int:
         with self.read() as conn:

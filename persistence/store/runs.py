@@ -10,20 +10,30 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.exc import IntegrityError
 
 from pausepoint.persistence import queries
+from pausepoint.persistence.audit_keys import AuditKeys
+from pausepoint.persistence.digests import checkpoint_digest, messages_digest
 from pausepoint.persistence.errors import (
     Conflict,
     InvalidInput,
 )
 from pausepoint.persistence.jsonvalues import check_text
+from pausepoint.persistence.ledger import CREATED, entry_row
 from pausepoint.persistence.records import (
     QUEUED,
     Message,
     NewEvent,
     RunRecord,
 )
-from pausepoint.persistence.store.core import StoreCore, chain, ensure_json, new_run_id
+from pausepoint.persistence.store.core import (
+    StoreCore,
+    chain,
+    ensure_json,
+    new_run_id,
+    with_digests,
+)
 from pausepoint.persistence.tables import (
     checkpoints,
+    ledger,
     runs,
 )
 from pausepoint.persistence.tables import events as events_table
@@ -72,6 +82,7 @@ class RunsRoom(StoreCore):
                 now = self.clock()
                 run = insert_run(
                     conn,
+                    keys=self.audit_keys,
                     now=now,
                     actor=actor,
                     agent_name=agent_name,
@@ -110,6 +121,7 @@ class RunsRoom(StoreCore):
 def insert_run(
     conn: Connection,
     *,
+    keys: AuditKeys,
     now: datetime,
     actor: str,
     agent_name: str,
@@ -125,9 +137,38 @@ def insert_run(
     parent: tuple[str, int] | None = None,
     run_id: str | None = None,
 ) -> RunRecord:
-    """Insert a run with its checkpoint 0 (and the conversation it starts with)."""
+    """Insert a run with its checkpoint 0 (and the conversation it starts with), and its
+    ``created`` ledger entry; the last of ``events`` carries their digests."""
     run_id = run_id or new_run_id()
-    event_rows, count, head = chain(run_id, "", 0, events, actor, now)
+    digests: dict[str, Any] = {
+        "checkpoint": [
+            0,
+            checkpoint_digest(
+                keys,
+                {
+                    "seq": 0,
+                    "step": step,
+                    "state": state,
+                    "history_len": len(messages),
+                    "segments": None,
+                },
+            ),
+        ]
+    }
+    if messages:
+        digests["messages"] = [
+            0,
+            len(messages),
+            messages_digest(
+                keys,
+                [
+                    {"idx": i, "role": m.role, "content": m.content, "data": m.data or None}
+                    for i, m in enumerate(messages)
+                ],
+            ),
+        ]
+    events = with_digests(events, digests)
+    event_rows, count, head = chain(keys, run_id, "", 0, events, actor, now)
     queued = status == QUEUED
     values: dict[str, Any] = {
         "id": run_id,
@@ -190,6 +231,11 @@ def insert_run(
             ],
         )
     conn.execute(insert(events_table), event_rows)
+    conn.execute(
+        insert(ledger).values(
+            **entry_row(keys, CREATED, run_id, {"parent": parent[0]} if parent else {}, now)
+        )
+    )
     return RunRecord(**values)
 
 

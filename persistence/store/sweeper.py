@@ -187,6 +187,7 @@ class SweeperRoom(ResourcesRoom):
                         escalate_to=None,
                     )
                 )
+                self._wait_changed(conn, wait.id)
                 self._apply(
                     conn,
                     run,

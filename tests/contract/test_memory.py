@@ -231,7 +231,7 @@ def test_memories_are_written_with_the_step_and_rolled_back_with_it(store: Store
     assert [m.content for m in retracted] == ["carol prefers phone"]
     trail = store.events(second)
     retraction = next(e for e in trail if e.kind == "memories_retracted")
-    assert retraction.data == {"memories": [retracted[0].id]}
+    assert retraction.data["memories"] == [retracted[0].id]
     assert store.verify(second) is None and store.verify(first) is None
 
 

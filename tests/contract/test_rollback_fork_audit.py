@@ -25,6 +25,7 @@ from pausepoint.persistence.store import Store
 from pausepoint.persistence.tables import events, messages, waits
 from pausepoint.worker.serialize import checkpoint_view, timeline
 from tests.chain import Driver
+from tests.tamper import drop_guards
 
 
 @pytest.fixture
@@ -268,6 +269,7 @@ def test_checkpoints_show_state_and_conversation_as_they_were(d: Driver) -> None
 
 def _tamper(store: Store, sql: str, **params: Any) -> None:
     with store.write() as conn:
+        drop_guards(conn)
         conn.execute(text(sql), params)
 
 
@@ -284,6 +286,7 @@ def test_an_edited_event_is_found_and_named(d: Driver) -> None:
     d.approve(run_id)
     decided = next(e for e in d.store.events(run_id) if e.kind == "decided")
     with d.store.write() as conn:
+        drop_guards(conn)
         conn.execute(
             update(events)
             .where(events.c.run_id == run_id, events.c.n == decided.n)
@@ -299,6 +302,7 @@ def test_an_edited_event_is_found_and_named(d: Driver) -> None:
 def test_edited_data_is_found(d: Driver) -> None:
     run_id = d.start()
     with d.store.write() as conn:
+        drop_guards(conn)
         conn.execute(
             update(events)
             .where(events.c.run_id == run_id, events.c.n == 3)
@@ -340,8 +344,10 @@ def test_an_event_rewritten_with_a_recomputed_hash_breaks_the_next_link(d: Drive
     run_id = d.start()
     e = d.store.events(run_id)[1]
     forged = {"step": "one", "forged": True}
-    digest = event_hash(e.prev_hash, run_id, e.n, e.kind, e.actor, forged, e.created_at)
+    keys = d.store.audit_keys
+    digest = event_hash(keys, e.prev_hash, run_id, e.n, e.kind, e.actor, forged, e.created_at)
     with d.store.write() as conn:
+        drop_guards(conn)
         conn.execute(
             update(events)
             .where(events.c.run_id == run_id, events.c.n == e.n)

@@ -418,7 +418,9 @@ def test_events_form_a_hash_chain(store: Store) -> None:
     prev = ""
     for e in trail:
         assert e.prev_hash == prev
-        assert e.hash == event_hash(prev, e.run_id, e.n, e.kind, e.actor, e.data, e.created_at)
+        assert e.hash == event_hash(
+            store.audit_keys, prev, e.run_id, e.n, e.kind, e.actor, e.data, e.created_at
+        )
         prev = e.hash
     assert store.get_run(run.id).event_hash == prev
 

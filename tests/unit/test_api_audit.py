@@ -46,6 +46,7 @@ from pausepoint.tasks.runtime import Runtime
 from pausepoint.worker.api import create_api
 from pausepoint.worker.serialize import plain
 from pausepoint.worker.settings import ApiKey, Settings
+from tests.tamper import drop_guards
 
 ROOT = "key-root"  # admin
 ALICE = "key-alice"  # approver, group underwriters
@@ -218,6 +219,7 @@ def test_events_jsonl_export_is_the_stored_trail_and_its_chain(env: Env) -> None
         exported = ExportedEvent.from_record(rec)
         assert rec["prev_hash"] == prev
         assert rec["hash"] == event_hash(
+            env.store.audit_keys,
             prev,
             exported.run_id,
             exported.n,
@@ -272,13 +274,17 @@ def test_events_unknown_format_is_422(env: Env) -> None:
 def test_audit_is_ok_on_an_untouched_run_and_names_an_edited_event(env: Env) -> None:
     run_id = env.completed_loan()
     count = len(env.store.events(run_id))
-    assert env.ok(env.get(f"/runs/{run_id}/audit")) == {
+    clean = env.ok(env.get(f"/runs/{run_id}/audit"))
+    assert {k: clean[k] for k in ("run_id", "ok", "events", "first_bad", "findings")} == {
         "run_id": run_id,
         "ok": True,
         "events": count,
         "first_bad": None,
+        "findings": [],
     }
+    assert clean["unkeyed"] == count and clean["keyed"] == 0 and clean["binds_state"] is True
     with env.store.write() as conn:
+        drop_guards(conn)
         edited = conn.execute(
             text("UPDATE events SET data = :data WHERE run_id = :run AND n = 2"),
             {"data": json.dumps({"step": "assess", "next": "completed"}), "run": run_id},
@@ -300,6 +306,7 @@ def test_audit_is_ok_on_an_untouched_run_and_names_an_edited_event(env: Env) -> 
 def test_audit_names_a_deleted_event(env: Env) -> None:
     run_id = env.completed_loan()
     with env.store.write() as conn:
+        drop_guards(conn)
         conn.execute(text("DELETE FROM events WHERE run_id = :run AND n = 5"), {"run": run_id})
     body = env.ok(env.get(f"/runs/{run_id}/audit"))
     assert body["ok"] is False and body["events"] == env.store.get_run(run_id).event_count - 1

@@ -277,7 +277,7 @@ def test_a_step_that_raises_after_asking_keeps_no_summary_and_no_memory(store: S
     (memory,) = store.memories("chatty")
     assert memory.run_id == run.id and memory.content == "the vault code is 1234"
     remembered = [e for e in store.events(run.id) if e.kind == "remembered"]
-    assert remembered[0].data == {
+    assert {k: v for k, v in remembered[0].data.items() if k != "digests"} == {
         "memory": memory.id,
         "kind": "fact",
         "subject": "vault",
