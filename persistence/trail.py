@@ -85,7 +85,9 @@ def audit_run(
         audit.findings.append(verdict.finding)
     audit.findings += _ledger_findings(run, trail, verdict, entries)
     if verdict.ok:
-        audit.binds_state = bool(trail) and "digests" in trail[0].data
+        # Runs the ledger adopted at the upgrade to 0008 may predate state digests.
+        adopted = entries is None or entries.created is None or entries.created.data.get("adopted")
+        audit.binds_state = not adopted or (bool(trail) and "digests" in trail[0].data)
         audit.findings += _state_findings(conn, run, trail, verdict.kids, keys, audit.binds_state)
     return audit
 
@@ -102,6 +104,10 @@ def _ledger_findings(
             )
         ]
     found = []
+    if not trail:
+        found.append(
+            Finding(run.id, 1, "the run has no trail, and the ledger recorded its creation: wiped")
+        )
     if entries.created_key not in (None, UNKEYED) and verdict.unkeyed:
         found.append(
             Finding(
