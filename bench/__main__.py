@@ -81,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "bench" / "results" / "agent_loop.json",
         help="JSON result file",
     )
+    verify = sub.add_parser(
+        "audit-verify",
+        help="verifying one run of 20,000 events (keyed chain and state digests) vs reading it",
+    )
+    verify.add_argument("--events", type=int, default=20_000, help="steps of the run")
+    verify.add_argument("--repeats", type=int, default=3)
+    verify.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "audit_verify.json"
+    )
     every = sub.add_parser(
         "all",
         help="every benchmark (throughput, checkpoint, resume, parked): table, JSON and PNG",
@@ -100,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or args.repeats < 1:
             parser.error(f"unknown benchmark(s) {unknown}" if unknown else "--repeats >= 1")
         return run_all(names, args.repeats, args.quick, args.out_dir)
+    if args.benchmark == "audit-verify":
+        from bench import audit_verify
+
+        return audit_verify.run(args.events, max(1, args.repeats), args.out)
     if args.benchmark == "agent-loop":
         from bench import agent_loop_bench
 

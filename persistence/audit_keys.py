@@ -14,6 +14,7 @@ key made a hash: verification tries each key, so no row grows. A key's id (the f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -89,6 +90,10 @@ class AuditKeys:
     def of(cls, *keys: str | bytes) -> AuditKeys:
         return cls(tuple(k.encode() if isinstance(k, str) else k for k in keys))
 
+    @functools.cached_property
+    def _by_id(self) -> dict[str, bytes]:
+        return {key_id(k): k for k in self.keys}
+
     def __bool__(self) -> bool:
         return bool(self.keys)
 
@@ -106,17 +111,17 @@ class AuditKeys:
     def mac(self, message: bytes) -> bytes:
         """What the store writes: HMAC-SHA256 under the signing key (SHA-256 without)."""
         if self.keys:
-            return hmac.new(self.keys[0], message, hashlib.sha256).digest()
+            return hmac.digest(self.keys[0], message, "sha256")
         return hashlib.sha256(message).digest()
 
     def mac_with(self, kid: str, message: bytes) -> bytes:
         """The MAC under the key with id ``kid`` (``UNKEYED``: plain SHA-256)."""
         if kid == UNKEYED:
             return hashlib.sha256(message).digest()
-        for k in self.keys:
-            if key_id(k) == kid:
-                return hmac.new(k, message, hashlib.sha256).digest()
-        raise KeyError(kid)
+        key = self._by_id.get(kid)
+        if key is None:
+            raise KeyError(kid)
+        return hmac.digest(key, message, "sha256")
 
     def candidates(self) -> Sequence[tuple[str, bytes | None]]:
         """``(key id, key)`` to try when verifying, signing key first, unkeyed last."""
@@ -135,7 +140,7 @@ class AuditKeys:
             made = (
                 hashlib.sha256(message).digest()
                 if key is None
-                else hmac.new(key, message, hashlib.sha256).digest()
+                else hmac.digest(key, message, "sha256")
             )
             if hmac.compare_digest(made[: len(digest)], digest):
                 return kid

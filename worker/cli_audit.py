@@ -18,7 +18,8 @@ from pausepoint.persistence.errors import InvalidInput
 from pausepoint.persistence.store import Store
 from pausepoint.persistence.store.trail import StoreAudit
 from pausepoint.persistence.trail import RunAudit
-from pausepoint.worker.cli import console, err, friendly, open_store, settings
+from pausepoint.worker import cli as base
+from pausepoint.worker.cli import friendly, open_store, settings
 
 audit_cli = typer.Typer(
     help="Audit trails: verify them (keyed chains, the state they bind, the ledger, "
@@ -151,7 +152,7 @@ def _audit_store(store: Store) -> StoreAudit:
         TextColumn("verifying"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=err,
+        console=base.err,
         transient=True,
     ) as bar:
         task = bar.add_task("verify", total=store.count_runs())
@@ -180,7 +181,7 @@ def _print_run(audit: RunAudit, store: Store) -> None:
             else f"{v.unkeyed} unkeyed events, then keyed with {', '.join(sorted(v.key_ids))}"
         )
         state = "" if audit.binds_state else "; its state predates state digests"
-        console.print(
+        base.console.print(
             f"ok: run {audit.run_id} verified ({audit.events} events, {how}{state})",
             highlight=False,
             soft_wrap=True,
@@ -212,9 +213,9 @@ def _print_store(report: StoreAudit, anchor_problems: list[str] | None, store: S
         summary += f", {len(led.problems)} problems"
     if anchor_problems is not None:
         summary += f"; anchors: {len(anchor_problems)} problems"
-    console.print(summary, highlight=False, soft_wrap=True)
+    base.console.print(summary, highlight=False, soft_wrap=True)
     for line in proves(report, anchor_problems is not None, store):
-        console.print(
+        base.console.print(
             Text(f"  proves: {line}" if "without" not in line[:8] else f"  {line}"), soft_wrap=True
         )
 
@@ -270,7 +271,9 @@ def _verify_archives(path: Path, store: Store) -> list[tuple[str, str | None]]:
 
 
 def _print_finding(text: str) -> None:
-    console.print(Text.assemble(("FAILED ", "bold red"), text), soft_wrap=True, highlight=False)
+    base.console.print(
+        Text.assemble(("FAILED ", "bold red"), text), soft_wrap=True, highlight=False
+    )
 
 
 def _report_findings(results: list[tuple[str, str | None]], what: str) -> None:
@@ -281,7 +284,7 @@ def _report_findings(results: list[tuple[str, str | None]], what: str) -> None:
     summary = f"ok: {good} {what}{'' if good == 1 else 's'} verified"
     if bad:
         summary += f"; {len(bad)} failed"
-    console.print(summary, highlight=False)
+    base.console.print(summary, highlight=False)
     if bad:
         raise typer.Exit(1)
 
@@ -310,7 +313,7 @@ def audit_anchor(
     except OSError as exc:
         raise InvalidInput(f"cannot write the anchor file {path}: {exc.strerror or exc}") from None
     keyed = f"MAC'd with key {anchor.key}" if anchor.key else "unkeyed (no audit key)"
-    console.print(
+    base.console.print(
         Text(
             f"anchored the ledger at {anchor.ledger_n} entries and {len(anchor.runs)} runs "
             f"to {path} ({keyed})"
@@ -361,4 +364,6 @@ def audit_export(
                 f.write(chunk)
     except OSError as exc:
         raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
-    console.print(Text(f"wrote {len(events)} events of run {run_id} to {output} ({fmt.value})"))
+    base.console.print(
+        Text(f"wrote {len(events)} events of run {run_id} to {output} ({fmt.value})")
+    )
