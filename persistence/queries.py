@@ -209,14 +209,23 @@ def forks(conn: Connection, run_id: str) -> list[RunRecord]:
 
 def list_events(conn: Connection, run_id: str) -> list[Event]:
     rows = conn.execute(
-        select(events).where(events.c.run_id == run_id).order_by(events.c.n)
-    ).mappings()
+        select(
+            events.c.n,
+            events.c.kind,
+            events.c.actor,
+            events.c.data,
+            events.c.created_at,
+            events.c.hash,
+        )
+        .where(events.c.run_id == run_id)
+        .order_by(events.c.n)
+    )
     trail: list[Event] = []
     prev = GENESIS
-    for r in rows:
+    for n, kind, actor, data, created_at, stored in rows:
         # The stored hash is 32 raw bytes; the one before it is the previous row's.
-        digest = bytes(r["hash"]).hex()
-        trail.append(Event.from_row({**r, "hash": digest, "prev_hash": prev}))
+        digest = bytes(stored).hex()
+        trail.append(Event(run_id, n, kind, actor, data, created_at, prev, digest))
         prev = digest
     return trail
 

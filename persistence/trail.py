@@ -26,6 +26,8 @@ from pausepoint.persistence import queries
 from pausepoint.persistence.audit import Finding, Verdict, check_chain
 from pausepoint.persistence.audit_keys import UNKEYED, AuditKeys
 from pausepoint.persistence.digests import (
+    CHECKPOINT_FIELDS,
+    MESSAGE_FIELDS,
     checkpoint_digest,
     messages_digest,
     run_digest,
@@ -189,9 +191,11 @@ def _state_findings(
     if run.purge_state is not None:
         return found  # retention took the state; its "purged" event says so
 
-    for row in conn.execute(
-        select(checkpoints).where(checkpoints.c.run_id == run.id).order_by(checkpoints.c.seq)
-    ).mappings():
+    cp_columns = [checkpoints.c[f] for f in CHECKPOINT_FIELDS]
+    for values in conn.execute(
+        select(*cp_columns).where(checkpoints.c.run_id == run.id).order_by(checkpoints.c.seq)
+    ):
+        row = dict(zip(CHECKPOINT_FIELDS, values, strict=True))
         seq = int(row["seq"])
         exp = cps.pop(seq, None)
         if exp is None:
@@ -204,8 +208,10 @@ def _state_findings(
             add(exp.n, f"checkpoint {seq}, which this event wrote, was deleted")
 
     stored = {
-        int(r["idx"]): r
-        for r in conn.execute(select(messages).where(messages.c.run_id == run.id)).mappings()
+        int(values[0]): dict(zip(MESSAGE_FIELDS, values, strict=True))
+        for values in conn.execute(
+            select(*(messages.c[f] for f in MESSAGE_FIELDS)).where(messages.c.run_id == run.id)
+        )
     }
     for first, count, exp in msgs:
         span_rows = [stored.pop(i, None) for i in range(first, first + count)]
@@ -221,14 +227,14 @@ def _state_findings(
         for idx in sorted(stored):
             add(last, f"message {idx} is not in the trail: no event wrote it")
 
-    for row in conn.execute(select(waits).where(waits.c.run_id == run.id)).mappings():
-        key = (int(row["seq"]), str(row["kind"]))
+    for wait in conn.execute(select(waits).where(waits.c.run_id == run.id)).mappings():
+        key = (int(wait["seq"]), str(wait["kind"]))
         exp = wts.pop(key, None)
         what = f"the {key[1]} wait at checkpoint {key[0]}"
         if exp is None:
             if full:
                 add(last, f"{what} is not in the trail: no event wrote it")
-        elif wait_digest(keys, row, exp.kid) != exp.digest:
+        elif wait_digest(keys, wait, exp.kid) != exp.digest:
             add(
                 exp.n,
                 f"{what} is not what this event recorded: its decision, who made it or its "

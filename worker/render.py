@@ -163,7 +163,9 @@ def events_table(events: Sequence[Event], title: str = "Audit trail") -> Table:
 
 
 def _details(e: Event) -> str:
-    d = {k: v for k, v in e.data.items() if v not in (None, "", [], {}) and k != "traceback"}
+    # The digests are for `audit verify`, not for people reading the trail.
+    hidden = ("traceback", "digests")
+    d = {k: v for k, v in e.data.items() if v not in (None, "", [], {}) and k not in hidden}
     return short(
         " ".join(
             f"{k}={v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in d.items()

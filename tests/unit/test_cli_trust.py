@@ -4,6 +4,7 @@ an archive against the ledger, and what a verdict says it proves."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pausepoint.persistence.audit_keys import MIN_KEY_BYTES, key_id
 from tests.unit.test_cli_audit import Home, home, loan
@@ -101,3 +102,36 @@ def test_an_archive_replaced_after_it_was_written_is_found(home: Home) -> None:
     bad = home.run("audit", "verify", "--archive", str(path), **env)
     assert bad.code == 1 and "not the one the ledger recorded" in bad.text, str(bad)
     assert run_id in bad.text
+
+
+def test_beat_anchors_on_its_schedule_and_the_sweep_seals(tmp_path: Path) -> None:
+    from pausepoint.tasks import jobs
+    from pausepoint.worker.app import create_app
+    from pausepoint.worker.settings import Settings
+
+    anchors = tmp_path / "anchors.jsonl"
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        audit_key=KEY,
+        audit_anchors=str(anchors),
+        audit_anchor_interval=600,
+    )
+    app = create_app(settings)
+    try:
+        schedule = app.conf.beat_schedule["pausepoint-anchor"]
+        assert schedule == {"task": jobs.ANCHOR, "schedule": 600}
+        rt = jobs.runtime_for(app)
+        rt.store.save_agent("A", persona="")
+        rt.start("loan", agent="A", task="a loan")
+        assert rt.store.check_ledger().unsealed == 1
+        rt.sweep()  # beat's every-2-seconds pass seals what was written since
+        assert rt.store.check_ledger().unsealed == 0
+        written = app.tasks[jobs.ANCHOR].run()
+        assert written == {"ledger": 1, "runs": 1, "file": str(anchors)}
+        record = json.loads(anchors.read_text())
+        assert record["key"] == key_id(KEY.encode()) and record["anchor"]["ledger"][0] == 1
+        off = create_app(settings.model_copy(update={"audit_anchor_interval": 0}))
+        assert "pausepoint-anchor" not in off.conf.beat_schedule
+    finally:
+        jobs.forget_runtimes()
