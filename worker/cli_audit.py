@@ -214,6 +214,8 @@ def _print_store(report: StoreAudit, anchor_problems: list[str] | None, store: S
     if anchor_problems is not None:
         summary += f"; anchors: {len(anchor_problems)} problems"
     base.console.print(summary, highlight=False, soft_wrap=True)
+    if not report.ok or anchor_problems:
+        return  # what a clean verdict proves says nothing about a failed one
     for line in proves(report, anchor_problems is not None, store):
         base.console.print(
             Text(f"  proves: {line}" if "without" not in line[:8] else f"  {line}"), soft_wrap=True
