@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from pausepoint.persistence.audit import canonical
 from pausepoint.persistence.audit_keys import AuditKeys
 
@@ -75,9 +77,18 @@ def _pick(row: Mapping[Any, Any], fields: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _encode(value: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, no whitespace), fast; what orjson cannot encode
+    (an integer beyond 64 bits) the standard library does, on write and verify alike."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return canonical(value).encode()
+
+
 def digest(keys: AuditKeys, what: str, value: Any, key_id: str | None = None) -> str:
     """The digest of ``value`` (tagged ``what``), under the signing key or ``key_id``'s."""
-    message = f"pausepoint {what}\n{canonical(value)}".encode()
+    message = b"pausepoint " + what.encode() + b"\n" + _encode(value)
     mac = keys.mac(message) if key_id is None else keys.mac_with(key_id, message)
     return base64.urlsafe_b64encode(mac[:DIGEST_BYTES]).rstrip(b"=").decode()
 

@@ -39,10 +39,10 @@ def app_url(pg_url: str) -> Iterator[tuple[Store, str, str]]:
     try:
         yield owner, pg_url + f"%20-crole%3D{role}", role
     finally:
-        owner.close()
         with owner.engine.begin() as conn:
             conn.execute(text(f"DROP OWNED BY {role}"))
             conn.execute(text(f"DROP ROLE {role}"))
+        owner.close()
 
 
 def test_the_application_role_runs_and_cannot_alter_the_trail(
