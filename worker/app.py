@@ -119,7 +119,10 @@ def _tune_sqla_transport(poll_interval: float) -> None:
 def build_runtime(settings: Settings, app: Celery) -> Runtime:
     """The runtime of one process: its own engine, LLM client and publisher."""
     store = Store.from_url(
-        settings.store_url, lease_seconds=settings.lease_seconds, audit_keys=settings.audit_keys()
+        settings.store_url,
+        lease_seconds=settings.lease_seconds,
+        audit_keys=settings.audit_keys(),
+        engine_options=settings.engine_options(),
     )
     llm = build_backend(
         settings.llm,

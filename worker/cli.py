@@ -20,7 +20,7 @@ from pausepoint.persistence.errors import InvalidInput, PausepointError
 from pausepoint.persistence.jsonvalues import parse_json
 from pausepoint.persistence.store import Store
 from pausepoint.worker.serialize import checkpoint_view, plain, run_detail, timeline
-from pausepoint.worker.settings import Settings
+from pausepoint.worker.settings import POOLS, Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -100,7 +100,23 @@ def default_actor() -> str:
 @cli.command()
 @friendly
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=1024,
+            help="Steps at once (default: 2 on prefork, 64 on threads).",
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="prefork (processes: steps that compute) or threads (steps that wait on "
+            "a model or an API: dozens to hundreds at once)."
+        ),
+    ] = None,
     beat: Annotated[
         bool | None,
         typer.Option(
@@ -115,12 +131,19 @@ def worker(
     from pausepoint.worker.app import create_app
 
     s = settings()
+    if pool is not None:
+        if pool not in POOLS:
+            fail(f"unknown pool {pool!r}; one of: {', '.join(POOLS)}")
+        s = s.model_copy(update={"pool": pool})
+    if concurrency is not None:
+        s = s.model_copy(update={"concurrency": concurrency})
     Store.from_url(s.store_url).close()  # migrate once, before the children start
     app = create_app(s)
     argv = [
         "worker",
         f"--loglevel={loglevel or s.log_level}",
-        f"--concurrency={concurrency or s.concurrency}",
+        f"--pool={s.pool}",
+        f"--concurrency={s.worker_concurrency()}",
         "--task-events",
     ]
     if beat if beat is not None else s.embedded_broker:

@@ -18,6 +18,10 @@ from pausepoint.persistence.urls import mask_url
 
 ROLES = ("admin", "producer", "approver", "system", "viewer")
 # Settings holding URLs: shown (repr, str, logs, Flower's Config tab) with credentials masked.
+# Steps one worker runs at once by default: prefork processes, or threads.
+POOLS = ("prefork", "threads")
+PREFORK_CONCURRENCY = 2
+THREADS_CONCURRENCY = 64
 URL_FIELDS = frozenset({"store_url", "broker_url", "llm_base_url", "public_url"})
 
 
@@ -62,7 +66,26 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(5, ge=1, description="Worker losses before a step's run fails.")
     sweep_interval: float = Field(2.0, gt=0, description="Seconds between sweeper passes (beat).")
-    concurrency: int = Field(2, ge=1, description="Worker processes per `pausepoint worker`.")
+    pool: Literal["prefork", "threads"] = Field(
+        "prefork",
+        description="Celery pool of `pausepoint worker`: prefork (processes; steps that "
+        "compute) or threads (steps that wait on a model or an API).",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Steps one `pausepoint worker` runs at once (default: 2 processes on "
+        "prefork, 64 threads on threads).",
+    )
+    store_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=500,
+        description="Store connections a worker process keeps open (default: 5 on prefork; "
+        "on threads, a quarter of the concurrency, 4 to 32); as many again may open "
+        "under a burst, and a step waits its turn for one instead of failing.",
+    )
     inline_steps: int = Field(
         20,
         ge=1,
@@ -205,6 +228,25 @@ class Settings(BaseSettings):
         if len(value) < 16:
             raise ValueError("PAUSEPOINT_SESSION_KEY must be at least 16 bytes (32 hex digits)")
         return value
+
+    def worker_concurrency(self) -> int:
+        """Steps at once per worker: the setting, or the pool's default."""
+        if self.concurrency is not None:
+            return self.concurrency
+        return THREADS_CONCURRENCY if self.pool == "threads" else PREFORK_CONCURRENCY
+
+    def engine_options(self) -> dict[str, int]:
+        """Connection pool of one process's store engine, sized for its pool of steps.
+
+        A prefork child runs one step at a time (plus its lease heartbeat): the engine's
+        defaults. On threads every slot may be between model calls at once, yet holds a
+        connection only for its transactions (milliseconds), so a quarter of the slots
+        is plenty; a slot that finds them all busy waits for one (``pool_timeout``).
+        """
+        if self.store_pool_size is None and self.pool != "threads":
+            return {}
+        size = self.store_pool_size or min(32, max(4, self.worker_concurrency() // 4))
+        return {"pool_size": size, "max_overflow": size, "pool_timeout": 300}
 
     def secret_bytes(self) -> bytes | None:
         if self.secret_key is None:

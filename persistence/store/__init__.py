@@ -71,9 +71,17 @@ class Store(
     """The run store on one SQLAlchemy engine (SQLite or Postgres)."""
 
     @classmethod
-    def from_url(cls, url: str, *, migrate: bool = True, **kwargs: Any) -> Store:
-        """Open the store at ``url``, creating or upgrading its schema unless told not to."""
-        store = cls(make_engine(url), **kwargs)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        engine_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Store:
+        """Open the store at ``url``, creating or upgrading its schema unless told not to;
+        ``engine_options`` go to the engine (its connection pool's size, say)."""
+        store = cls(make_engine(url, **(engine_options or {})), **kwargs)
         if migrate:
             store.ensure_schema()
         return store
