@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, or_, select
+from sqlalchemy import Connection, Select, and_, func, or_, select
 
 from pausepoint.persistence.audit import GENESIS
 from pausepoint.persistence.errors import AgentNotFound, InvalidInput, NotFound, RunNotFound
@@ -207,27 +207,148 @@ def forks(conn: Connection, run_id: str) -> list[RunRecord]:
     return [RunRecord.from_row(r) for r in rows]
 
 
-def list_events(conn: Connection, run_id: str) -> list[Event]:
-    rows = conn.execute(
-        select(
-            events.c.n,
-            events.c.kind,
-            events.c.actor,
-            events.c.data,
-            events.c.created_at,
-            events.c.hash,
-        )
-        .where(events.c.run_id == run_id)
-        .order_by(events.c.n)
-    )
+_EVENT_COLUMNS = (
+    events.c.n,
+    events.c.kind,
+    events.c.actor,
+    events.c.data,
+    events.c.created_at,
+    events.c.hash,
+)
+
+
+def _chained(run_id: str, rows: Iterable[Any], prev: str) -> list[Event]:
+    """Events from rows in ``n`` order; ``prev`` is the hash of the row before the first."""
     trail: list[Event] = []
-    prev = GENESIS
     for n, kind, actor, data, created_at, stored in rows:
         # The stored hash is 32 raw bytes; the one before it is the previous row's.
         digest = bytes(stored).hex()
         trail.append(Event(run_id, n, kind, actor, data, created_at, prev, digest))
         prev = digest
     return trail
+
+
+def list_events(conn: Connection, run_id: str) -> list[Event]:
+    rows = conn.execute(
+        select(*_EVENT_COLUMNS).where(events.c.run_id == run_id).order_by(events.c.n)
+    )
+    return _chained(run_id, rows, GENESIS)
+
+
+# ------------------------------------------- pages of one run (bounded reads)
+# Each is a range of a primary key, (run_id, n) or (run_id, seq): it reads the rows of
+# the page and at most one more, however long the run.
+
+
+def _hash_before(conn: Connection, run_id: str, n: int) -> str:
+    """The hash of the run's last event numbered ``n`` or less (GENESIS if none)."""
+    if n < 1:
+        return GENESIS
+    stored = conn.execute(
+        select(events.c.hash)
+        .where(events.c.run_id == run_id, events.c.n <= n)
+        .order_by(events.c.n.desc())
+        .limit(1)
+    ).scalar()
+    return GENESIS if stored is None else bytes(stored).hex()
+
+
+def events_after(conn: Connection, run_id: str, after: int, limit: int) -> list[Event]:
+    """The run's first ``limit`` events numbered above ``after``, in order."""
+    rows = conn.execute(
+        select(*_EVENT_COLUMNS)
+        .where(events.c.run_id == run_id, events.c.n > after)
+        .order_by(events.c.n)
+        .limit(limit)
+    ).all()
+    return _chained(run_id, rows, _hash_before(conn, run_id, after) if rows else GENESIS)
+
+
+def events_before(conn: Connection, run_id: str, before: int, limit: int) -> list[Event]:
+    """The run's last ``limit`` events numbered below ``before``, in order."""
+    rows = conn.execute(
+        select(*_EVENT_COLUMNS)
+        .where(events.c.run_id == run_id, events.c.n < before)
+        .order_by(events.c.n.desc())
+        .limit(limit + 1)
+    ).all()
+    rows.reverse()
+    # One row more than the page: the one before its first, whose hash the first chains to.
+    if len(rows) > limit:
+        return _chained(run_id, rows[1:], bytes(rows[0].hash).hex())
+    return _chained(run_id, rows, GENESIS)
+
+
+# Event numbers probed per query by first_event_after: 20,000 events take three queries.
+PROBES = 32
+
+
+def first_event_after(conn: Connection, run_id: str, when: datetime, last: int) -> int:
+    """The number of the run's first event recorded after ``when`` (``last + 1`` when
+    none is), for a trail of ``last`` events whose times grow with their numbers.
+
+    There is no index on the events' time (a parked run would pay for it in every
+    event), so this searches the primary key: each query reads the times of PROBES
+    events spread over the range still in question, and the range shrinks PROBES-fold.
+    """
+    lo, hi = 1, last + 1  # events below lo were recorded by ``when``; hi is after, or the end
+    while lo < hi:
+        step = max(1, -(-(hi - lo) // PROBES))
+        probes = list(range(lo, hi, step))
+        times = dict(
+            conn.execute(
+                select(events.c.n, events.c.created_at).where(
+                    events.c.run_id == run_id, events.c.n.in_(probes)
+                )
+            ).all()
+        )
+        top = hi
+        for n in probes:
+            at = times.get(n)
+            if at is not None and at > when:
+                top = n
+                break
+            lo = n + 1  # a missing event counts as recorded by then: the search goes on
+        hi = min(top, hi)
+        if step == 1:
+            return min(lo, hi)
+    return lo
+
+
+def checkpoints_after(conn: Connection, run_id: str, after: int, limit: int) -> list[Checkpoint]:
+    """The run's first ``limit`` checkpoints numbered above ``after``, in order."""
+    rows = conn.execute(
+        select(checkpoints)
+        .where(checkpoints.c.run_id == run_id, checkpoints.c.seq > after)
+        .order_by(checkpoints.c.seq)
+        .limit(limit)
+    ).mappings()
+    return [Checkpoint.from_row(r) for r in rows]
+
+
+def checkpoints_before(conn: Connection, run_id: str, before: int, limit: int) -> list[Checkpoint]:
+    """The run's last ``limit`` checkpoints numbered below ``before``, in order."""
+    rows = conn.execute(
+        select(checkpoints)
+        .where(checkpoints.c.run_id == run_id, checkpoints.c.seq < before)
+        .order_by(checkpoints.c.seq.desc())
+        .limit(limit)
+    ).mappings()
+    return [Checkpoint.from_row(r) for r in reversed(list(rows))]
+
+
+def previous_checkpoint(conn: Connection, run_id: str, seq: int) -> Checkpoint | None:
+    """The run's checkpoint before ``seq`` (not always ``seq - 1``: retention prunes)."""
+    found = checkpoints_before(conn, run_id, seq, 1)
+    return found[0] if found else None
+
+
+def count_checkpoints(conn: Connection, run_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(checkpoints).where(checkpoints.c.run_id == run_id)
+        ).scalar_one()
+    )
 
 
 def list_waits(

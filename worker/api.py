@@ -14,16 +14,15 @@ import time
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pausepoint.persistence.audit import to_csv, to_jsonl
 from pausepoint.persistence.errors import (
     Conflict,
     Forbidden,
@@ -39,13 +38,7 @@ from pausepoint.persistence.records import PENDING, RUN_STATUSES
 from pausepoint.tasks.runtime import Runtime
 from pausepoint.tasks.tokens import parse_token, verify_signature
 from pausepoint.worker.auth import Keyring, Principal
-from pausepoint.worker.serialize import (
-    checkpoint_view,
-    decision_data,
-    plain,
-    run_detail,
-    timeline,
-)
+from pausepoint.worker.serialize import decision_data, plain
 from pausepoint.worker.settings import Settings
 
 
@@ -93,8 +86,6 @@ class Decision(BaseModel):
 
 
 REASON_MAX = 2000
-
-EVENT_FORMATS = ("json", "jsonl", "csv")
 
 
 class Rollback(BaseModel):
@@ -226,54 +217,12 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         runs = rt.store.list_runs(status=status, agent=agent, workflow=workflow, limit=limit)
         return [plain(r) for r in runs]
 
-    @api.get("/runs/{run_id}", tags=["producers"])
-    def get_run(run_id: str, caller: Caller) -> dict[str, Any]:
-        """A run with its state, conversation, waits and audit trail."""
-        return run_detail(rt.store, run_id)
-
-    @api.get("/runs/{run_id}/events", tags=["auditors"], response_model=None)
-    def run_events(
-        run_id: str,
-        caller: Caller,
-        fmt: Annotated[str, Query(alias="format", description="json, jsonl or csv")] = "json",
-    ) -> list[dict[str, Any]] | StreamingResponse:
-        """The run's audit trail: a JSON list, or an export with every event's hashes
-        (`jsonl`: one canonical JSON object a line; `csv`: a header and a row an event)."""
-        if fmt not in EVENT_FORMATS:
-            raise InvalidInput(f"unknown format {fmt!r}; one of: {', '.join(EVENT_FORMATS)}")
-        trail = rt.store.events(run_id)
-        if fmt == "json":
-            return [plain(e) for e in trail]
-        if fmt == "jsonl":
-            return StreamingResponse(
-                to_jsonl(trail),
-                media_type="application/x-ndjson",
-                headers=_attachment(f"run-{run_id}-events.jsonl"),
-            )
-        return StreamingResponse(
-            to_csv(trail),
-            media_type="text/csv; charset=utf-8",
-            headers=_attachment(f"run-{run_id}-events.csv"),
-        )
-
     @api.get("/runs/{run_id}/audit", tags=["auditors"])
     def audit(run_id: str, caller: Caller) -> dict[str, Any]:
         """Verify the run in one snapshot: its keyed hash chain, the checkpoints, messages,
         decisions and result its events bind, and the ledger's record of it. `ok`, the first
         bad event and every finding, and how far it proves (`keyed`/`unkeyed` events)."""
         return rt.store.audit(run_id).as_json()
-
-    @api.get("/runs/{run_id}/checkpoints", tags=["auditors"])
-    def checkpoints(run_id: str, caller: Caller) -> list[dict[str, Any]]:
-        """The run's checkpoints in order: step, messages, changed state keys, events."""
-        return timeline(rt.store, run_id)
-
-    @api.get("/runs/{run_id}/checkpoints/{seq}", tags=["auditors"])
-    def checkpoint(
-        run_id: str, seq: Annotated[int, Path(ge=0, le=MAX_SEQ)], caller: Caller
-    ) -> dict[str, Any]:
-        """Checkpoint `seq` as it was: state, conversation, and what changed since the last."""
-        return checkpoint_view(rt.store, run_id, seq)
 
     @api.post("/runs/{run_id}/rollback", tags=["operators"])
     def rollback(run_id: str, body: Rollback, caller: Caller) -> Any:
@@ -381,8 +330,10 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         return {"resumed": [r.id for r in resumed]}
 
     from pausepoint.worker.memory_api import add_memory_routes
+    from pausepoint.worker.reads_api import add_read_routes
     from pausepoint.worker.web import mount_ui
 
+    add_read_routes(api, rt)
     add_memory_routes(api, rt)
 
     mount_ui(api, rt, keyring)
@@ -465,10 +416,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _attachment(filename: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{filename}"'}
 
 
 def parse_json(raw: bytes) -> Any:

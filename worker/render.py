@@ -180,9 +180,12 @@ def run_panel(
     history: Sequence[Message],
     waits: Sequence[WaitRecord],
     events: Sequence[Event],
+    calls: Sequence[Event] | None = None,
 ) -> Group:
-    """A run's summary, state, conversation, waits and trail. ``checkpoint`` is None for a
-    run whose state retention removed: its row and trail are all there is."""
+    """A run's summary, state, conversation, waits and trail (all, or the latest of
+    them). ``checkpoint`` is None for a run whose state retention removed: its row and
+    trail are all there is. ``calls``: the events that say how the conversation's tool
+    calls went (``worker.pages.conversation_events``), if not ``events``."""
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -217,11 +220,20 @@ def run_panel(
         state = Text(json.dumps(checkpoint.state, indent=2, default=str))
         parts.append(Panel(state, title=f"State at checkpoint #{checkpoint.seq}", expand=False))
     if history:
-        parts.append(history_table(history, events))
+        parts.append(history_table(history, events if calls is None else calls))
     if waits:
         parts.append(waits_table(waits))
     parts.append(events_table(events))
     return Group(*parts)
+
+
+def earlier_note(run_id: str, count: int, one: str, path: str) -> Text:
+    """A line under a view that shows the latest of a run's ``path``: how many earlier
+    ones are not shown, and how to see them."""
+    many = one if count == 1 else path
+    text = Text(f"… {count:,} earlier {many} not shown: ", style="dim")
+    text.append(f"--all shows every one, GET /runs/{run_id}/{path} pages them", style="dim")
+    return text
 
 
 def purged_note(run: RunRecord) -> str:
@@ -308,7 +320,8 @@ def checkpoint_panel(view: dict[str, Any]) -> Group:
     summary.add_row("checkpoint", f"#{view['seq']}")
     summary.add_row("written", when(at))
     summary.add_row("next step", Text(view["step"] or "(end)"))
-    summary.add_row("messages", str(len(view["history"])))
+    page = view["history_page"]
+    summary.add_row("messages", str(page["total"]))
     parts: list[Any] = [
         Panel(summary, title=f"Checkpoint #{view['seq']}", expand=False),
         Panel(
@@ -320,6 +333,8 @@ def checkpoint_panel(view: dict[str, Any]) -> Group:
     if view["history"]:
         title = f"Conversation as of checkpoint #{view['seq']}"
         parts.append(conversation_table(view["history"], title=title))
+        if page["start"]:
+            parts.append(earlier_note(view["run_id"], page["start"], "message", "messages"))
     parts.append(changes_table(view))
     return Group(*parts)
 
@@ -350,6 +365,13 @@ def changes_table(view: dict[str, Any]) -> Table | Text:
             Text("message added", style="green"),
             str(m["idx"]),
             Text(f"{m['role']}: {short(m['content'] + _calls_of(m), 70)}"),
+        )
+    more = changes["messages_added_page"]["total"] - len(changes["messages_added"])
+    if more:
+        table.add_row(
+            Text("messages added", style="green"),
+            f"+{more:,}",
+            Text(f"{more:,} more message(s) added, not shown (--all shows them)", style="dim"),
         )
     dropped = changes["messages_dropped"]
     if dropped:

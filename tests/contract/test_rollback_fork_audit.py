@@ -23,7 +23,7 @@ from pausepoint.persistence.records import (
 )
 from pausepoint.persistence.store import Store
 from pausepoint.persistence.tables import events, messages, waits
-from pausepoint.worker.serialize import checkpoint_view, timeline
+from pausepoint.worker.pages import checkpoint_view, timeline
 from tests.chain import Driver
 from tests.tamper import drop_guards
 

@@ -35,7 +35,7 @@ from pausepoint.persistence.store import Store
 from pausepoint.tasks import jobs
 from pausepoint.tasks.llm import ScriptedBackend
 from pausepoint.tasks.runtime import Runtime
-from pausepoint.worker.serialize import checkpoint_view
+from pausepoint.worker.pages import checkpoint_view
 from tests.tamper import SQLITE_GUARDS
 from tests.unit.test_cli import LOAN_TASK, UNKNOWN_RUN, Cli, Result, assert_refused
 
