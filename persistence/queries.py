@@ -271,8 +271,7 @@ def events_before(conn: Connection, run_id: str, before: int, limit: int) -> lis
         .where(events.c.run_id == run_id, events.c.n < before)
         .order_by(events.c.n.desc())
         .limit(limit + 1)
-    ).all()
-    rows.reverse()
+    ).all()[::-1]
     # One row more than the page: the one before its first, whose hash the first chains to.
     if len(rows) > limit:
         return _chained(run_id, rows[1:], bytes(rows[0].hash).hex())

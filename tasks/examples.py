@@ -77,5 +77,22 @@ def tick(ctx: StepContext) -> Outcome:
     return Next("tick")
 
 
+turns = Workflow(
+    "turns",
+    description="`input.steps` steps, each one model call (`ctx.ask`): steps that wait on "
+    "a model, for the threads pool and the I/O benchmarks.",
+)
+
+
+@turns.step
+def turn(ctx: StepContext) -> Outcome:
+    done = int(ctx.state.get("done", 0)) + 1
+    ctx.state["done"] = done
+    ctx.ask(f"Turn {done} of {ctx.input.get('steps', 1)}: {ctx.task or 'go on'}")
+    if done >= int(ctx.input.get("steps", 1)):
+        return End({"steps": done})
+    return Next("turn")
+
+
 # The tools demo's agent and its tools (`pausepoint demo`, second part).
 from pausepoint.tasks import support_example  # noqa: E402, F401

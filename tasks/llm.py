@@ -14,11 +14,13 @@ Nothing here reads settings or environment variables; callers pass everything in
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pausepoint.persistence.errors import ConfigurationError
+from pausepoint.tasks import metrics
 
 if TYPE_CHECKING:
     from pausepoint.tasks.openai_backend import OpenAIBackend
@@ -126,6 +128,43 @@ def chat(
     ``tools`` and ``tool_choice`` reach the backend only when given, so a backend
     written before tools existed keeps working for every call that offers none.
     """
+    started = time.monotonic()
+    name = model or getattr(llm, "model", None)
+    try:
+        reply = _chat(
+            llm,
+            messages,
+            model=model,
+            temperature=temperature,
+            idempotency_key=idempotency_key,
+            max_tokens=max_tokens,
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+    except Exception as exc:
+        metrics.model_called(name, time.monotonic() - started, type(exc).__name__)
+        raise
+    metrics.model_called(
+        name,
+        time.monotonic() - started,
+        "ok",
+        reply.prompt_tokens,
+        reply.completion_tokens,
+    )
+    return reply
+
+
+def _chat(
+    llm: LLMBackend,
+    messages: Sequence[Message],
+    *,
+    model: str | None,
+    temperature: float | None,
+    idempotency_key: str | None,
+    max_tokens: int | None,
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | Mapping[str, Any] | None,
+) -> Completion:
     method = getattr(llm, "chat", None)
     asks_tools = tools is not None or tool_choice is not None
     if asks_tools and not callable(method):

@@ -47,6 +47,7 @@ from pausepoint.persistence.records import (
 )
 from pausepoint.persistence.retention import GcReport, Progress, Retention, collect
 from pausepoint.persistence.store import Store
+from pausepoint.tasks import metrics
 from pausepoint.tasks.context import StepContext
 from pausepoint.tasks.heartbeats import _heartbeats
 from pausepoint.tasks.llm import LLMBackend
@@ -259,6 +260,7 @@ class Runtime:
         )
 
     def sweep(self) -> SweepReport:
+        started = time.monotonic()
         report = self.store.sweep(
             redeliver_after=self.redeliver_after, max_attempts=self.max_attempts
         )
@@ -266,6 +268,18 @@ class Runtime:
             self._send(run_id, version)
         # Chain the ledger entries the transitions since the last pass wrote.
         self.store.seal_ledger()
+        metrics.swept(
+            time.monotonic() - started,
+            {
+                "republished": len(report.republished),
+                "deadline": len(report.deadlines),
+                "escalated": len(report.escalated),
+                "failed": len(report.failed),
+                "resource_wakeup": len(report.resource_wakeups),
+                "skipped": len(report.skipped),
+            },
+            len(report.lease_expired),
+        )
         if report.republished or report.failed or report.skipped:
             log.log(
                 logging.WARNING if report.skipped else logging.INFO,
@@ -312,11 +326,12 @@ class Runtime:
         until = time.monotonic() + self.inline_seconds
         done = 0
         while True:
+            _note_resume(claim, self.store.clock())
             started = time.monotonic()
             with _heartbeats.beating(self.store, claim, owner):
                 transition = self._execute(claim)
-            duration_ms = round((time.monotonic() - started) * 1000, 3)
-            transition = _with_completion_event(transition, claim, duration_ms)
+            seconds = time.monotonic() - started
+            transition = _with_completion_event(transition, claim, round(seconds * 1000, 3))
             done += 1
             keep = done < self.inline_steps and time.monotonic() < until
             try:
@@ -325,7 +340,9 @@ class Runtime:
                 log.warning(
                     "run %s: lease lost during step %s; result dropped", run_id, claim.run.step
                 )
+                metrics.step_done(claim.run.workflow, claim.run.step, "lost", seconds)
                 return StepReport(run_id, "stale", claim.run.step)
+            metrics.step_done(claim.run.workflow, claim.run.step, _outcome(transition), seconds)
             self.publish(new)
             if claim.holds and not transition.retry:
                 # Slots came back with this commit: the runs waiting longest get them now.
@@ -438,6 +455,20 @@ class Runtime:
                 ),
             ),
         )
+
+
+def _outcome(t: Transition) -> str:
+    """How a step ended, as ``pausepoint_steps_total`` counts it."""
+    if t.retry:
+        return "retried"
+    return {QUEUED: "next", WAITING: "waiting", COMPLETED: "completed"}.get(t.status, "failed")
+
+
+def _note_resume(claim: Claim, now: datetime) -> None:
+    """A step that resumes a fulfilled wait: how long it waited for a worker."""
+    wait = claim.resumed
+    if wait is not None and wait.decided_at is not None:
+        metrics.resumed(wait.kind, (now - wait.decided_at).total_seconds())
 
 
 def _wants_episodes(model: Any) -> bool:

@@ -158,7 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         planned = owner._next_plan()
-        if planned.delay > 0 and owner._stopping.wait(planned.delay):
+        delay = planned.delay if planned is not None else owner.latency
+        planned = planned or PlannedResponse()
+        if delay > 0 and owner._stopping.wait(delay):
             self.close_connection = True
             return
         if planned.raw is not None:
@@ -239,8 +241,11 @@ class OpenAIServer:
         api_key: str | None = None,
         reply: ReplyFn | None = None,
         context_limit: int | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.host = host
+        # Seconds every answer that is not planned takes, as a model thinks.
+        self.latency = latency
         # Like a real model: a request whose messages and max_tokens add up to more than
         # this is refused with 400 context_length_exceeded.
         self.context_limit = context_limit
@@ -372,9 +377,9 @@ class OpenAIServer:
         with self._lock:
             self._requests.append(request)
 
-    def _next_plan(self) -> PlannedResponse:
+    def _next_plan(self) -> PlannedResponse | None:
         with self._lock:
-            return self._plans.popleft() if self._plans else PlannedResponse()
+            return self._plans.popleft() if self._plans else None
 
     def _reply(self, body: dict[str, Any]) -> str | dict[str, Any]:
         if self.reply is not None:
@@ -448,8 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--api-key", default=None, help="require this bearer key")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
     args = parser.parse_args(argv)
-    with OpenAIServer(host=args.host, port=args.port, api_key=args.api_key) as srv:
+    with OpenAIServer(
+        host=args.host, port=args.port, api_key=args.api_key, latency=args.latency
+    ) as srv:
         print(f"OpenAI-compatible test server at {srv.base_url} (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -185,6 +185,19 @@ def create_api(settings: Settings | None = None, *, celery_app: Celery | None = 
         with rt.store.read() as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
+
+    from pausepoint.worker.metrics import CONTENT_TYPE, api_registry
+
+    registry = api_registry(rt.store)
+
+    @api.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(caller: Caller) -> Response:
+        """Prometheus metrics (any API key): runs by status and workflow, waits pending by
+        kind and the age of the oldest, read from the store at the scrape; and this API
+        process's own (CPU, memory). Workers serve theirs on `--metrics-port`."""
+        from prometheus_client import generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
     @api.post("/runs", status_code=201, tags=["producers"])
     def start_run(

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 from pausepoint.persistence.errors import InvalidInput, PausepointError
 from pausepoint.persistence.jsonvalues import parse_json
 from pausepoint.persistence.store import Store
-from pausepoint.worker.serialize import checkpoint_view, plain, run_detail, timeline
+from pausepoint.worker.serialize import plain
 from pausepoint.worker.settings import POOLS, Settings
 
 P = ParamSpec("P")
@@ -126,6 +126,10 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. w1@%h.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
     queues: Annotated[str | None, typer.Option(help="Queues to consume, comma-separated.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port."),
+    ] = None,
 ) -> None:
     """Run a Celery worker that executes agent steps."""
     from pausepoint.worker.app import create_app
@@ -139,6 +143,14 @@ def worker(
         s = s.model_copy(update={"concurrency": concurrency})
     Store.from_url(s.store_url).close()  # migrate once, before the children start
     app = create_app(s)
+    port = metrics_port or s.metrics_port
+    if port:
+        from pausepoint.worker.metrics import serve_worker_metrics
+
+        try:
+            serve_worker_metrics(port, s.metrics_host, multiprocess=s.pool == "prefork")
+        except OSError as exc:
+            fail(f"cannot serve metrics on {s.metrics_host}:{port}: {exc.strerror or exc}")
     argv = [
         "worker",
         f"--loglevel={loglevel or s.log_level}",
@@ -321,48 +333,69 @@ def show(
             metavar="SEQ",
         ),
     ] = None,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="The whole conversation and trail, not only the latest 50 of each."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
 ) -> None:
-    """Show a run: state, conversation, waits and audit trail (or one checkpoint, with --at)."""
-    from pausepoint.worker.render import checkpoint_panel, run_panel
+    """Show a run: state, the latest messages, waits and events (or one checkpoint, --at)."""
+    from pausepoint.worker.pages import TAIL, checkpoint_view, conversation_events, run_detail
+    from pausepoint.worker.render import checkpoint_panel, earlier_note, run_panel
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
+    limit = None if show_all else TAIL
     if at is not None:
-        view = checkpoint_view(store, run_id, at)
+        view = checkpoint_view(store, run_id, at, limit=limit)
         if as_json:
             print(json.dumps(view, indent=2, default=str))
         else:
             console.print(checkpoint_panel(view))
         return
     if as_json:
-        print(json.dumps(run_detail(store, run_id), indent=2))
+        print(json.dumps(run_detail(store, run_id, limit=limit), indent=2))
         return
-    run = store.get_run(run_id)
-    if run.purge_state is not None:
-        # Retention removed its state: the row and the trail are what is left to show.
-        console.print(run_panel(run, None, [], [], store.events(run_id)))
-        return
-    checkpoint = store.checkpoint(run_id)
-    history = store.history(run_id, stop=run.history_len)
-    waits = store.waits(run_id)
-    events = store.events(run_id)
-    console.print(run_panel(run, checkpoint, history, waits, events))
+    tail = store.tail(run_id, messages=limit, events=limit)
+    run = tail.run
+    trail = tail.events
+    calls = conversation_events(store, run_id, tail.history, trail)
+    console.print(run_panel(run, tail.checkpoint, tail.history, tail.waits, trail, calls))
+    earlier = [
+        (run.history_len - len(tail.history) if tail.checkpoint else 0, "message", "messages"),
+        (trail[0].n - 1 if trail else 0, "event", "events"),
+    ]
+    for count, one, path in earlier:
+        if count:
+            console.print(earlier_note(run_id, count, one, path), soft_wrap=True)
 
 
 @cli.command("history")
 @friendly
 def history_cmd(
     run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every checkpoint, not only the latest 50.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List a run's checkpoints: what each changed, what led to it, rollbacks and forks."""
-    from pausepoint.worker.render import history_view
+    """List a run's checkpoints (the latest 50, or --all): what each changed, what led to
+    it, rollbacks and forks."""
+    from pausepoint.persistence.jsonvalues import MAX_SEQ
+    from pausepoint.worker.pages import TAIL, timeline_entries, whole_timeline
+    from pausepoint.worker.render import earlier_note, history_view
 
     store = open_store()
     run_id = store.resolve_run_id(run_id)
-    run = store.get_run(run_id)
-    steps = timeline(store, run_id)
+    if show_all:
+        run = store.get_run(run_id)
+        steps = whole_timeline(store, run_id)
+        total = len(steps)
+    else:
+        rows = store.timeline_rows(run_id, before=MAX_SEQ, limit=TAIL)
+        run, steps, total = rows.run, timeline_entries(rows), rows.total
     forks = store.forks(run_id)
     if as_json:
         out = {
@@ -373,10 +406,22 @@ def history_cmd(
             "parent_seq": run.parent_seq,
             "forks": [{"run_id": f.id, "at_seq": f.parent_seq, "status": f.status} for f in forks],
             "checkpoints": steps,
+            "checkpoints_page": {
+                "total": total,
+                "start": steps[0]["seq"] if steps else None,
+                "stop": steps[-1]["seq"] + 1 if steps else None,
+                "before": steps[0]["seq"] if len(steps) < total else None,
+                "href": f"/runs/{run.id}/checkpoints?before={steps[0]['seq']}"
+                if len(steps) < total
+                else None,
+            },
         }
         print(json.dumps(out, indent=2, default=str))
         return
     console.print(history_view(run, steps, forks))
+    if len(steps) < total:
+        note = earlier_note(run_id, total - len(steps), "checkpoint", "checkpoints")
+        console.print(note, soft_wrap=True)
 
 
 def _decide(

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
         "on threads, a quarter of the concurrency, 4 to 32); as many again may open "
         "under a burst, and a step waits its turn for one instead of failing.",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port a `pausepoint worker` serves Prometheus metrics on (unset: none).",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's metrics endpoint listens on."
+    )
     inline_steps: int = Field(
         20,
         ge=1,

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -165,6 +166,14 @@ class Env:
 
 @pytest.fixture
 def env(sqlite_url: str) -> Iterator[Env]:
+    with open_env(sqlite_url) as e:
+        yield e
+
+
+@contextmanager
+def open_env(sqlite_url: str) -> Iterator[Env]:
+    """The app on a new SQLite store, its runtime and what it published (other test
+    modules' fixtures use it too)."""
     store = Store.from_url(sqlite_url)
     store.save_agent("loan_processor", persona="I am a loan processing assistant.")
     published: list[tuple[str, int]] = []
