@@ -90,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "audit_verify.json"
     )
+    sub.add_parser(
+        "io-load",
+        help="I/O-bound steps (each a 200 ms model call) on the threads pool at "
+        "concurrency 16/64/256 vs raw Celery; `io-load --help` for its options",
+        add_help=False,
+    )
+    sub.add_parser(
+        "reads",
+        help="bounded reads of a 20,000-message run (API, CLI) vs a plain SQL page select; "
+        "`reads --help` for its options",
+        add_help=False,
+    )
     every = sub.add_parser(
         "all",
         help="every benchmark (throughput, checkpoint, resume, parked): table, JSON and PNG",
@@ -100,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated subset: throughput,checkpoint,resume,parked"
     )
     every.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    rest = sys.argv[1:] if argv is None else argv
+    if rest and rest[0] == "io-load":
+        from bench import io_load
+
+        return io_load.main(rest[1:])
+    if rest and rest[0] == "reads":
+        from bench import reads
+
+        return reads.main(rest[1:])
     args = parser.parse_args(argv)
     if args.benchmark == "all":
         from bench.suite import BENCHMARKS, run_all

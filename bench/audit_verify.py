@@ -56,8 +56,9 @@ def store_of(kind: str, tmp: Path) -> Iterator[Store]:
             store.close()
 
 
-def build(store: Store, steps: int) -> str:
-    """A run of ``steps`` step commits, written in bulk exactly as the commits write."""
+def build(store: Store, steps: int, *, text_size: int = 0) -> str:
+    """A run of ``steps`` step commits, written in bulk exactly as the commits write;
+    each message padded to ``text_size`` characters."""
     store.save_agent("bench", persona="")
     run, _ = store.create_run(agent_name="bench", workflow="w", first_step="s", actor="bench")
     keys = store.audit_keys
@@ -67,7 +68,8 @@ def build(store: Store, steps: int) -> str:
         at = t0 + timedelta(microseconds=i)
         state = {"n": i, "notes": f"step {i} looked at the account and moved on"}
         cp = {"seq": i, "step": "s", "state": state, "history_len": i, "segments": None}
-        msg = {"idx": i - 1, "role": "assistant", "content": f"step {i}: done", "data": None}
+        text = f"step {i}: done".ljust(text_size, ".")
+        msg = {"idx": i - 1, "role": "assistant", "content": text, "data": None}
         cps.append({**cp, "run_id": run.id, "created_at": at})
         msgs.append({**msg, "run_id": run.id, "seq": i, "created_at": at})
         digests = {

@@ -41,6 +41,7 @@ def create(broker_url: str, poll_interval: float | None = None, *, current: bool
         worker_hijack_root_logger=False,
     )
     app.task(name=tasks.NOOP, ignore_result=True)(tasks.noop)
+    app.task(name=tasks.ASK, ignore_result=True)(tasks.ask)
     return app
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from typing import Any
 
 NOOP = "bench.tasks.noop"
+ASK = "bench.tasks.ask"
 KEY_PREFIX = "bench:noop:"
 
 _sinks: dict[int, Any] = {}
@@ -46,6 +48,36 @@ def noop(key: str) -> None:
         sink.execute("INSERT OR REPLACE INTO starts (key, t) VALUES (?, ?)", (key, started))
     else:
         sink.set(KEY_PREFIX + key, repr(started), ex=3600)
+
+
+_client_lock = threading.Lock()
+_clients: dict[int, Any] = {}
+
+
+def _model() -> Any:
+    """This process's OpenAI client of ``BENCH_MODEL_URL`` (shared by its threads, as a
+    Pausepoint worker's backend is), built after the prefork fork."""
+    pid = os.getpid()
+    with _client_lock:
+        client = _clients.get(pid)
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(
+                base_url=os.environ["BENCH_MODEL_URL"], api_key="sk-bench", max_retries=0
+            )
+            _clients[pid] = client
+        return client
+
+
+def ask(key: str) -> None:
+    """One chat completion on the benchmark's model (what a Pausepoint ``turns`` step
+    asks), then its end time in the sink."""
+    _model().chat.completions.create(
+        model=os.environ.get("BENCH_MODEL", "bench-model"),
+        messages=[{"role": "user", "content": f"Turn of {key}"}],
+    )
+    _sink().set(KEY_PREFIX + key, repr(time.time()), ex=3600)
 
 
 def create_sqlite_sink(path: str) -> None:
