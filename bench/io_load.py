@@ -100,19 +100,29 @@ class Sampler:
             self._stop.wait(0.2)
 
 
-def group_rss(pgid: int | None) -> int:
-    """Bytes resident in the processes of group ``pgid`` (0 without /proc)."""
+def group_pids(pgid: int | None) -> list[str]:
+    """The /proc entries of the processes in group ``pgid`` (none without /proc)."""
     if pgid is None:
-        return 0
-    total = 0
+        return []
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                continue
-            for line in Path(entry.path, "status").read_text().splitlines():
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
+                found.append(entry.path)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def group_rss(pgid: int | None) -> int:
+    """Bytes resident in the processes of group ``pgid`` (0 without /proc)."""
+    total = 0
+    for proc in group_pids(pgid):
+        try:
+            for line in Path(proc, "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
@@ -136,16 +146,10 @@ def sqlite_connections(pgid: int | None, path: Path) -> Callable[[], int]:
 
     def count() -> int:
         n = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+        for proc in group_pids(pgid):
             try:
-                stat = Path(entry.path, "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                    continue
-                fds = os.scandir(Path(entry.path, "fd"))
-                n += sum(1 for fd in fds if _link(fd.path) == target)
-            except (OSError, ValueError, IndexError):
+                n += sum(1 for fd in os.scandir(Path(proc, "fd")) if _link(fd.path) == target)
+            except OSError:
                 continue
         return n
 

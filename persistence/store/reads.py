@@ -96,12 +96,7 @@ class ReadsRoom(StoreCore):
         """Messages ``[start, stop)`` of the run's conversation, as of its latest
         checkpoint or, with ``at``, as of checkpoint ``at``."""
         with self.read() as conn:
-            run = readable(queries.get_run(conn, run_id))
-            if at is None:
-                length, segments = run.history_len, run.segments
-            else:
-                cp = queries.get_checkpoint(conn, run_id, at)
-                length, segments = cp.history_len, cp.segments
+            length, segments = _conversation_at(conn, run_id, at)
             return queries.history(
                 conn, run_id, length=length, segments=segments, start=start, stop=stop
             )
@@ -184,12 +179,7 @@ class ReadsRoom(StoreCore):
         below ``before``, or the first of all; and how many the conversation has."""
         check_seq(at)
         with self.read() as conn:
-            run = readable(queries.get_run(conn, run_id))
-            if at is None:
-                length, segments = run.history_len, run.segments
-            else:
-                cp = queries.get_checkpoint(conn, run_id, at)
-                length, segments = cp.history_len, cp.segments
+            length, segments = _conversation_at(conn, run_id, at)
             if before is not None:
                 stop = min(before, length)
                 start = max(0, stop - limit)
@@ -320,3 +310,13 @@ def _events_during(
         if len(batch) < EVENT_BATCH:
             return found
         after = batch[-1].n
+
+
+def _conversation_at(conn: Connection, run_id: str, at: int | None) -> tuple[int, Any]:
+    """The length and segments of the run's conversation, as of checkpoint ``at`` (None:
+    its latest)."""
+    run = readable(queries.get_run(conn, run_id))
+    if at is None:
+        return run.history_len, run.segments
+    cp = queries.get_checkpoint(conn, run_id, at)
+    return cp.history_len, cp.segments
