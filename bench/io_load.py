@@ -12,7 +12,9 @@ What runs, on real processes (Redis broker, db 13):
   records its end in Redis. A repetition sends ``runs x steps`` tasks at once;
   tasks/s = tasks / (last end - wall clock before the first send).
 * **pausepoint**: ``pausepoint worker --pool threads -c C --no-beat`` on the Postgres
-  store (a fresh schema) and on a SQLite file, every setting at its default. A
+  store (a fresh schema) and on a SQLite file, every setting at its default; and
+  with ``--processes 2`` (two worker processes of C/2 threads under one supervisor,
+  so the worker uses both cores; ``--processes 1,2`` by default). A
   repetition starts ``runs`` runs of the ``turns`` workflow (tasks/examples.py: each
   step one ``ctx.ask``, i.e. one model call, checkpointed with its messages) at once;
   steps/s = steps / (last run's ``finished_at`` - wall clock before the first start).
@@ -59,6 +61,7 @@ class Plan:
     stores: tuple[str, ...]
     repeats: int
     warmup_runs: int
+    processes: tuple[int, ...] = (1,)
 
     @property
     def total(self) -> int:
@@ -243,13 +246,15 @@ def celery_case(bench: Bench, plan: Plan, c: int, broker: str, model_url: str) -
 
 
 def pausepoint_case(
-    bench: Bench, plan: Plan, c: int, store: str, broker: str, model_url: str
+    bench: Bench, plan: Plan, c: int, store: str, broker: str, model_url: str, processes: int = 1
 ) -> dict[str, Any]:
     from pausepoint.tasks.jobs import forget_runtimes
     from pausepoint.worker.app import create_app, runtime
     from pausepoint.worker.settings import Settings
 
-    label = case_label(f"pausepoint, {store}", c)
+    label = case_label(
+        f"pausepoint, {store}" if processes == 1 else f"pausepoint x{processes} proc, {store}", c
+    )
     if store == "postgres":
         schema_cm: Any = pg_schema("bench_io")
         schema = schema_cm.__enter__()
@@ -260,6 +265,7 @@ def pausepoint_case(
         sqlite_file = bench.tmp / f"io-{c}-{uuid.uuid4().hex[:6]}.db"
         store_url = f"sqlite:///{sqlite_file}"
     argv = pausepoint_cmd("worker", "--pool", "threads", "--concurrency", str(c), "--no-beat")
+    argv += ["--processes", str(processes)]
     argv += ["--hostname", f"bench-{_slug(label)}@%h", "--loglevel", "INFO"]
     worker = bench.start(label, argv, worker_env(store_url, broker, model_url), celery_ready)
     conns = (
@@ -358,7 +364,10 @@ def run(plan: Plan, *, out_dir: Path) -> Result:
                     cases = [celery_case(bench, plan, c, broker, model_url)]
                     bench.settle()
                     for store in plan.stores:
-                        cases.append(pausepoint_case(bench, plan, c, store, broker, model_url))
+                        for n in plan.processes:
+                            cases.append(
+                                pausepoint_case(bench, plan, c, store, broker, model_url, n)
+                            )
                     got[c] = cases
         finally:
             left = bench.close()
@@ -423,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="16,64,256", help="comma-separated")
     parser.add_argument("--stores", default=",".join(STORES), help="postgres,sqlite")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        default="1,2",
+        help="worker processes of the pausepoint worker (--processes), comma-separated",
+    )
     parser.add_argument("--quick", action="store_true", help="60 runs, c=16,64: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS / "io_load.json")
     args = parser.parse_args(argv)
@@ -438,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         stores=stores,
         repeats=args.repeats,
         warmup_runs=10 if args.quick else 40,
+        processes=tuple(int(x) for x in args.processes.split(",")),
     )
     result = run(plan, out_dir=args.out.parent)
     print_tables([result])

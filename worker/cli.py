@@ -6,6 +6,7 @@ import functools
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -130,6 +131,15 @@ def worker(
         int | None,
         typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port."),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Threads pool: worker processes sharing the concurrency (one per core "
+            "uses every core; one process's threads share one).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker that executes agent steps."""
     from pausepoint.worker.app import create_app
@@ -137,20 +147,33 @@ def worker(
     s = settings()
     if pool is not None:
         if pool not in POOLS:
-            fail(f"unknown pool {pool!r}; one of: {', '.join(POOLS)}")
+            raise InvalidInput(f"unknown pool {pool!r}; one of: {', '.join(POOLS)}")
         s = s.model_copy(update={"pool": pool})
     if concurrency is not None:
         s = s.model_copy(update={"concurrency": concurrency})
+    if processes is not None:
+        s = s.model_copy(update={"processes": processes})
+    if s.processes > 1 and s.pool != "threads":
+        raise InvalidInput(
+            "--processes is for the threads pool; prefork's --concurrency is processes"
+        )
     Store.from_url(s.store_url).close()  # migrate once, before the children start
-    app = create_app(s)
     port = metrics_port or s.metrics_port
     if port:
         from pausepoint.worker.metrics import serve_worker_metrics
 
         try:
-            serve_worker_metrics(port, s.metrics_host, multiprocess=s.pool == "prefork")
+            serve_worker_metrics(
+                port, s.metrics_host, multiprocess=s.pool == "prefork" or s.processes > 1
+            )
         except OSError as exc:
-            fail(f"cannot serve metrics on {s.metrics_host}:{port}: {exc.strerror or exc}")
+            raise InvalidInput(
+                f"cannot serve metrics on {s.metrics_host}:{port}: {exc.strerror or exc}"
+            ) from exc
+    run_beat = beat if beat is not None else s.embedded_broker
+    if s.processes > 1:
+        raise typer.Exit(_supervised(s, run_beat, hostname, loglevel or s.log_level, queues))
+    app = create_app(s)
     argv = [
         "worker",
         f"--loglevel={loglevel or s.log_level}",
@@ -158,13 +181,39 @@ def worker(
         f"--concurrency={s.worker_concurrency()}",
         "--task-events",
     ]
-    if beat if beat is not None else s.embedded_broker:
+    if run_beat:
         argv.append("--beat")
     if hostname:
         argv.append(f"--hostname={hostname}")
     if queues:
         argv.append(f"--queues={queues}")
     app.worker_main(argv)
+
+
+def _supervised(
+    s: Settings, run_beat: bool, hostname: str | None, loglevel: str, queues: str | None
+) -> int:
+    """``s.processes`` worker processes of ``concurrency / processes`` threads each."""
+    from pausepoint.worker.supervise import child_hostname, supervise, worker_argv
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/supervisor] %(message)s"))
+    supervisor_log = logging.getLogger("pausepoint.worker.supervise")
+    supervisor_log.addHandler(handler)
+    supervisor_log.setLevel(loglevel.upper())
+    per = -(-s.worker_concurrency() // s.processes)
+    env = {k: v for k, v in os.environ.items() if k != "PAUSEPOINT_METRICS_PORT"}
+    env["PAUSEPOINT_PROCESSES"] = "1"
+
+    def argv_of(i: int) -> list[str]:
+        args = ["--pool", "threads", "-c", str(per), "--loglevel", loglevel]
+        args += ["--hostname", child_hostname(hostname, i)]
+        args.append("--beat" if run_beat and i == 1 else "--no-beat")
+        if queues:
+            args += ["--queues", queues]
+        return worker_argv(args)
+
+    return supervise(argv_of, s.processes, env)
 
 
 @cli.command("beat")

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         description="Steps one `pausepoint worker` runs at once (default: 2 processes on "
         "prefork, 64 threads on threads).",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes of one `pausepoint worker` on the threads pool, "
+        "the concurrency split between them: a threads pool runs under one interpreter "
+        "lock, so one process uses one core (prefork already runs processes).",
+    )
     store_pool_size: int | None = Field(
         None,
         ge=1,

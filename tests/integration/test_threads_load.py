@@ -10,6 +10,8 @@ children recorded (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -50,7 +52,7 @@ class Load:
     def store(self) -> Store:
         return self.runtime.store
 
-    def worker(self, pool: str, concurrency: int) -> tuple[Proc, str]:
+    def worker(self, pool: str, concurrency: int, *extra: str) -> tuple[Proc, str]:
         port = free_port()
         argv = [
             sys.executable,
@@ -68,6 +70,7 @@ class Load:
             "--loglevel",
             "INFO",
             "--beat",
+            *extra,
         ]
         proc = Proc(pool, argv, self.env, self.tmp / f"{pool}.log", cwd=ROOT)
         proc.start(celery_ready, timeout=60)
@@ -211,3 +214,36 @@ def test_a_prefork_worker_sums_its_children(load: Load) -> None:
         assert summed(found, "pausepoint_model_calls_total", **model) == 20 * STEPS
     finally:
         proc.stop()
+
+
+def test_threads_across_two_processes(load: Load) -> None:
+    """`--processes 2`: two worker processes of 32 threads under one supervisor, one
+    metrics port summing both; every step applied once, on both stores."""
+    proc, url = load.worker("threads", 64, "--processes", "2")
+    try:
+        # A worker process that dies is started again by its supervisor.
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 2, children
+        os.kill(int(children[1]), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while b"starting it again" not in proc.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run_ids = load.start(100, STEPS)
+        load.wait_finished(run_ids, proc, timeout=120)
+        check_applied_once(load, run_ids, STEPS)
+        found = scrape(url)
+        assert summed(found, "pausepoint_steps_total", workflow="turns") == 100 * STEPS
+        model = {"model": "house-model", "outcome": "ok"}
+        assert summed(found, "pausepoint_model_calls_total", **model) == 100 * STEPS
+    finally:
+        proc.stop()
+    text = proc.output().decode(errors="replace")
+    assert "worker process 1 of 2 started" in text and "worker process 2 of 2 started" in text
+    assert "worker process 2 exited (-9); starting it again" in text
+    assert "threads-1@" in text and "threads-2@" in text, text[-3000:]
+    for trouble in ("QueuePool limit", "database is locked", "Traceback"):
+        assert trouble not in text, text[-4000:]
+    # The stop reached both: no worker process outlives the supervisor.
+    assert not proc.alive
